@@ -27,6 +27,7 @@ from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs
 from .modules.resampler import Resampler
 from .modules.unet import UNetModel
 from .modules.vae import AutoencoderKL
+from .sampling import dynamic_rescale_table, make_beta_schedule, rescale_zero_terminal_snr
 
 # The 12 schedule buffers every checkpoint stores, in the original's order (spec §1.3).
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -168,16 +169,21 @@ class CamI2VModel(nn.Module):
 
 def schedule_buffers(config: ModelConfig) -> dict[str, torch.Tensor]:
     """The schedule buffers of a config, float64 maths stored as float32 (spec §1.3, §7.2, §7.5)."""
-    n = int(config.timesteps)
     # CPU explicitly: build_model(device="meta") runs this under a meta default device.
-    betas = torch.linspace(config.linear_start ** 0.5, config.linear_end ** 0.5, n, dtype=torch.float64, device="cpu")
-    betas = (betas ** 2).numpy()
-    if config.rescale_betas_zero_snr:
-        betas = rescale_zero_terminal_snr(betas)
+    with torch.device("cpu"):
+        betas = make_beta_schedule(config.linear_start, config.linear_end, config.timesteps)
+        if config.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        scale_arr = (dynamic_rescale_table(config.base_scale, config.turning_step, config.timesteps)
+                     if config.use_dynamic_rescale else None)
+    # The rest follows the original's numpy float64 formulas (DDPM.register_schedule).
+    betas = betas.double().numpy()
+    n = len(betas)
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas, axis=0)
     alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-    # with zero terminal SNR the last alphas_cumprod is 0: 1/0 below is the intended inf in the eps case only
+    # With zero terminal SNR the last alphas_cumprod is 0; the divisions below then give inf only in buffers
+    # the original also fills with inf (eps) or zeros (v).
     with np.errstate(divide="ignore"):
         if config.parameterization == "v":
             # The original stores zeros for these two under v-prediction (spec §1.3).
@@ -203,22 +209,9 @@ def schedule_buffers(config: ModelConfig) -> dict[str, torch.Tensor]:
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
         }
     out = {name: torch.tensor(values[name], dtype=torch.float32) for name in SCHEDULE_BUFFERS}
-    if config.use_dynamic_rescale:
-        # x0 scale per timestep: linspace(1, base, turning_step) then base for every timestep (spec §7.5).
-        scale_arr = np.concatenate([np.linspace(1.0, config.base_scale, config.turning_step),
-                                    np.full(n, config.base_scale)])
-        out["scale_arr"] = torch.tensor(scale_arr, dtype=torch.float32)
+    if scale_arr is not None:
+        out["scale_arr"] = torch.tensor(scale_arr.numpy(), dtype=torch.float32)  # x0 scale per timestep (§7.5)
     return out
-
-
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Betas whose sqrt(alphas_cumprod) is shifted to end at 0 and scaled to keep its start (Lin et al. 2024, Alg. 1)."""
-    sqrt_ac = np.sqrt(np.cumprod(1.0 - betas, axis=0))
-    first, last = sqrt_ac[0].copy(), sqrt_ac[-1].copy()
-    sqrt_ac = (sqrt_ac - last) * first / (first - last)
-    ac = sqrt_ac ** 2
-    alphas = np.concatenate([ac[:1], ac[1:] / ac[:-1]])
-    return 1.0 - alphas
 
 
 # -- building and loading -------------------------------------------------------------------------------------------
@@ -311,5 +304,4 @@ def _model_name(cfg: ModelConfig) -> str:
     return f"{cfg.variant} {h}x{w}"
 
 
-__all__ = ["CamI2VModel", "build_model", "load_model", "schedule_buffers", "rescale_zero_terminal_snr",
-           "SCHEDULE_BUFFERS"]
+__all__ = ["CamI2VModel", "build_model", "load_model", "schedule_buffers", "SCHEDULE_BUFFERS"]
