@@ -1,0 +1,136 @@
+"""CamI2V's epipolar attention branch (spec §4.3): a full 3-D attention over all frames and pixels of a video,
+restricted by a boolean epipolar mask, with learned register tokens prepended to the keys.
+
+The mask itself is camera maths and is built in `cami2v_core.camera` (spec §4.4); this module only looks it up by
+pixel stride and applies it. Layout: the host temporal block holds tokens as `(b h w) t c`; the attention runs on
+one sequence per video of L = t*h*w tokens in frame-major order, `b (t h w) c`.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import attention, merge_heads, split_heads
+
+# epipolar_config switches of the original that change the branch and that no released model uses (golden README §2);
+# a config that turns one on is refused instead of silently computing something else.
+UNSUPPORTED_SWITCHES = ("apply_epipolar_soft_mask", "epipolar_hybrid_attention", "epipolar_hybrid_attention_v2",
+                        "only_self_pixel_on_current_frame", "current_frame_as_register_token", "only_on_cond_frame")
+# Keys the original epipolar_config may hold that only matter elsewhere (mask building, model class) or are inert.
+_CONFIG_KEYS_ELSEWHERE = ("origin_w", "add_small_perturbation_on_zero_T", "soft_mask_temperature", "pluker_add_type")
+
+
+def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_height: int) -> torch.Tensor | None:
+    """The epipolar mask for a feature map of `feature_height` rows: masks[origin_h // feature_height] or None.
+
+    A missing stride means "unmasked": this is the released 512 model's behaviour at ds 1 (spec §4.4.7), so it is
+    not an error.
+    """
+    if masks is None:
+        return None
+    return masks.get(origin_h // feature_height)
+
+
+def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
+    """bool [B, L, L] -> [B, L, R+L] with the R register columns always True (spec §4.3)."""
+    if num_register_tokens == 0:
+        return mask
+    registers = mask.new_ones(mask.shape[0], mask.shape[1], num_register_tokens)
+    return torch.cat([registers, mask], dim=-1)
+
+
+class RegisterTokenAttention(nn.Module):
+    """Multi-head attention whose keys/values are [register tokens ; context] (the original's `epipolar_attn`)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, num_register_tokens: int = 0, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.num_register_tokens = num_register_tokens
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        if num_register_tokens > 0:
+            # learned, N(0, 1) init like the original; the output layer is zero-initialised so that a freshly
+            # added branch leaves the base model unchanged (spec §8)
+            self.register_tokens = nn.Parameter(torch.randn(1, num_register_tokens, dim))
+        nn.init.zeros_(self.to_out[0].weight)
+        nn.init.zeros_(self.to_out[0].bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, C], mask bool [B, L, R+L] (True = attend) or None -> [B, L, C]."""
+        context = x
+        if self.num_register_tokens > 0:
+            registers = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+            context = torch.cat([registers, x], dim=1)  # [B, R+L, C]
+        q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
+        k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
+        v = split_heads(self.to_v(context), self.heads)
+        if mask is not None:
+            mask = mask.unsqueeze(1)  # [B, 1, L, R+L]: a broadcast view over heads, never a per-head copy
+        out = attention(q, k, v, mask=mask)  # default scale dim_head^-0.5, as the original's SDPA call
+        return self.to_out(merge_heads(out))
+
+
+class EpipolarAttention(nn.Module):
+    """The `epipolar` child of a camera-enabled temporal block; takes the original `epipolar_config` entries.
+
+    Args:
+        dim: channel width C of the host temporal block.
+        heads: heads of the host block (C / num_head_channels); head width is dim // heads // compression_factor.
+        origin_h: image height in pixels the mask strides refer to (used when the camera condition gives none).
+        num_register_tokens: learned tokens prepended to the keys, always attended (4 in every release).
+        attention_resolution: the UNet ds levels masks are built for (mask building lives in camera.py).
+        is_3d_full_attn: ignore masks and attend to everything.
+    """
+
+    def __init__(self, dim: int, heads: int, origin_h: int = 256, num_register_tokens: int = 0,
+                 attention_resolution=(8, 4, 2, 1), is_3d_full_attn: bool = False, compression_factor: int = 1,
+                 **config):
+        super().__init__()
+        unknown = sorted(set(config) - set(UNSUPPORTED_SWITCHES) - set(_CONFIG_KEYS_ELSEWHERE))
+        if unknown:
+            raise TypeError(f"unknown epipolar_config entries {unknown}; known entries are origin_h, origin_w, "
+                            f"num_register_tokens, attention_resolution, is_3d_full_attn, compression_factor, "
+                            f"{', '.join(_CONFIG_KEYS_ELSEWHERE[1:])} and {', '.join(UNSUPPORTED_SWITCHES)}")
+        switched_on = [k for k in UNSUPPORTED_SWITCHES if config.get(k)]
+        if switched_on:
+            raise ValueError(f"epipolar_config switches {switched_on} are not supported (no released CamI2V model "
+                             f"uses them); set them to false or remove them")
+        self.origin_h = int(origin_h)
+        self.attention_resolution = list(attention_resolution)
+        self.is_3d_full_attn = bool(is_3d_full_attn)
+        self.num_register_tokens = int(num_register_tokens)
+        dim_head = int(dim // heads // compression_factor)
+        self.epipolar_attn = RegisterTokenAttention(dim, heads, dim_head, self.num_register_tokens)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """x [(B h w), T, C] + mask bool [B, L, L] or [B, L, R+L] (L = T*h*w) or None (unmasked) -> [(B h w), T, C]."""
+        hw = x.shape[0] // batch_size
+        tokens = rearrange(x, "(b hw) t c -> b (t hw) c", b=batch_size)  # frame-major, then y, then x (§4.3)
+        if self.is_3d_full_attn:
+            mask = None
+        if mask is not None:
+            mask = self._check_mask(mask, batch_size, tokens.shape[1]).to(tokens.device)
+        out = self.epipolar_attn(tokens, mask)
+        return rearrange(out, "b (t hw) c -> (b hw) t c", hw=hw)
+
+    def _check_mask(self, mask: torch.Tensor, batch_size: int, length: int) -> torch.Tensor:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"epipolar mask must be a bool tensor (True = attend), got dtype {mask.dtype}")
+        full = length + self.num_register_tokens
+        if mask.dim() != 3 or mask.shape[0] != batch_size or mask.shape[1] != length or mask.shape[2] not in (
+                length, full):
+            raise ValueError(f"epipolar mask has shape {list(mask.shape)} but this block needs [{batch_size}, {length}, "
+                             f"{length}] (batch, T*h*w, T*h*w) or [{batch_size}, {length}, {full}] with the register "
+                             f"columns: build the masks for the same image size, frame count and batch as the latent")
+        if mask.shape[2] == length:
+            mask = pad_register_columns(mask, self.num_register_tokens)
+        return mask
+
+
+__all__ = ["EpipolarAttention", "RegisterTokenAttention", "lookup_mask", "pad_register_columns",
+           "UNSUPPORTED_SWITCHES"]
