@@ -112,7 +112,7 @@ def test_cami2v_camera_branch_internals(cami2v_run, fixture_c):
     assert_close(cami2v_run.internals["epipolar"], fixture_c[key + "epipolar_out"], FP32_ATOL, "epipolar")
 
 
-def test_masks_change_the_output(cami2v_run, fixture_c):
+def test_unmasked_epipolar_matches_recorded_sensitivity(cami2v_run, fixture_c):
     """Dropping the masks runs unmasked epipolar attention, as the original does for a missing stride (§4.4.7)."""
     g = fixture_c
     camera = cami2v_camera(g)
@@ -211,6 +211,31 @@ def test_epipolar_rejects_a_mask_of_the_wrong_size():
         module(torch.randn(8, 3, 16), torch.ones(2, 10, 10, dtype=torch.bool), batch_size=2)
 
 
+def test_gradient_checkpointing_gives_the_same_values_and_gradients(fixture_c):
+    g = fixture_c
+    camera = cami2v_camera(g)
+    results = []
+    for use_checkpoint in (False, True):
+        unet = tiny_unet("cami2v")
+        for module in unet.modules():
+            if hasattr(module, "use_checkpoint"):
+                module.use_checkpoint = use_checkpoint
+        eps = unet(*unet_inputs(g), camera=camera)
+        eps.square().mean().backward()
+        block = unet.input_blocks[1][2].transformer_blocks[0]
+        results.append((eps.detach(), block.epipolar.epipolar_attn.register_tokens.grad,
+                        unet.time_embed[0].weight.grad))
+    for plain, checkpointed in zip(*results):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_pose_features_of_the_wrong_size_are_explained(cami2v_run, fixture_c):
+    camera = cami2v_camera(fixture_c)
+    camera.pose_features = [f[..., :-1] for f in camera.pose_features]  # one column short
+    with pytest.raises(ValueError, match="pose feature level 0 has shape"):
+        cami2v_run.unet(*unet_inputs(fixture_c), camera=camera)
+
+
 def test_unknown_constructor_argument_is_a_type_error():
     with pytest.raises(TypeError):
         UNetModel(**_full_params(256), not_an_option=1)
@@ -257,3 +282,4 @@ def test_full_size_keys_and_shapes_match_checkpoint_manifest(manifest):
     assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
     wrong = {k: (produced[k], expected[k]) for k in expected if produced[k] != expected[k]}
     assert not wrong, f"shape mismatches (ours, checkpoint): {dict(list(wrong.items())[:5])}"
+    assert list(produced) == list(expected), "state_dict order differs from the original's"

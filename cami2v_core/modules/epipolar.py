@@ -18,7 +18,9 @@ from .attention import attention, merge_heads, split_heads
 # a config that turns one on is refused instead of silently computing something else.
 UNSUPPORTED_SWITCHES = ("apply_epipolar_soft_mask", "epipolar_hybrid_attention", "epipolar_hybrid_attention_v2",
                         "only_self_pixel_on_current_frame", "current_frame_as_register_token", "only_on_cond_frame")
-# Keys the original epipolar_config may hold that only matter elsewhere (mask building, model class) or are inert.
+# Keys the original epipolar_config may hold: those this module uses, and those that only matter elsewhere (mask
+# building in camera.py, the model class) or are inert.
+_OWN_KEYS = ("origin_h", "num_register_tokens", "attention_resolution", "is_3d_full_attn", "compression_factor")
 _CONFIG_KEYS_ELSEWHERE = ("origin_w", "add_small_perturbation_on_zero_T", "soft_mask_temperature", "pluker_add_type")
 
 
@@ -93,9 +95,9 @@ class EpipolarAttention(nn.Module):
         super().__init__()
         unknown = sorted(set(config) - set(UNSUPPORTED_SWITCHES) - set(_CONFIG_KEYS_ELSEWHERE))
         if unknown:
-            raise TypeError(f"unknown epipolar_config entries {unknown}; known entries are origin_h, origin_w, "
-                            f"num_register_tokens, attention_resolution, is_3d_full_attn, compression_factor, "
-                            f"{', '.join(_CONFIG_KEYS_ELSEWHERE[1:])} and {', '.join(UNSUPPORTED_SWITCHES)}")
+            known = _OWN_KEYS + _CONFIG_KEYS_ELSEWHERE + UNSUPPORTED_SWITCHES
+            raise TypeError(f"unknown epipolar_config entries {unknown}; the original's entries are "
+                            f"{', '.join(known)}")
         switched_on = [k for k in UNSUPPORTED_SWITCHES if config.get(k)]
         if switched_on:
             raise ValueError(f"epipolar_config switches {switched_on} are not supported (no released CamI2V model "

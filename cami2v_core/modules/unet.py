@@ -176,6 +176,21 @@ class UNetModel(nn.Module):
 
     Camera layers go where the original puts them (spec §4.2, §5): CamI2V/CameraCtrl in every temporal transformer
     except `init_attn`; MotionCtrl in every temporal transformer, `init_attn` included.
+
+    Main arguments (released values in brackets; see spec §2.1):
+        in_channels / out_channels: 8 (noisy latent ‖ image latent) / 4.
+        model_channels, channel_mult, num_res_blocks: widths 320·(1,2,4,4), 2 ResBlocks per level.
+        attention_resolutions: ds levels with spatial+temporal transformers [4,2,1]; the middle block always has them.
+        num_head_channels (or num_heads): head width 64; heads = channels / 64.
+        context_dim: cross-attention context width (1024); image_cross_attention: separate image-token attention,
+            with a learnable `alpha` scale when image_cross_attention_scale_learnable (256 models only).
+        temporal_conv / temporal_attention / addition_attention: temporal conv in ResBlocks, temporal
+            transformers, and the extra `init_attn` after the first conv.
+        fs_condition, default_fs: frame-stride (or fps) embedding added to the time embedding; default when fs=None.
+        use_checkpoint: gradient checkpointing of ResBlocks and transformer blocks while gradients are enabled.
+        camera: None, "cami2v", "cameractrl" or "motionctrl"; epipolar: the original `epipolar_config` (cami2v).
+    Options the released configs never change and this code does not implement (`dims`, relative positions,
+    causal temporal attention, temporal cross-attention, `use_fp16`) raise NotImplementedError if changed.
     """
 
     def __init__(self, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
@@ -326,7 +341,7 @@ class UNetModel(nn.Module):
         dict, receives the hidden state `[(B T), C, h, w]` after `init_attn`, `input_blocks.{i}`, `middle_block`
         and `output_blocks.{i}` (for parity tests and debugging).
         """
-        b, t, height, width = self._check_inputs(x, context)
+        b, t = self._check_inputs(x, context)
         dtype = self.input_blocks[0][0].weight.dtype
         timesteps = self._per_sample(timesteps, b, x.device, "timesteps")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
@@ -372,7 +387,7 @@ class UNetModel(nn.Module):
         if context is None or context.dim() != 3 or context.shape[0] != b:
             found = None if context is None else list(context.shape)
             raise ValueError(f"context must be [B={b}, L, C] (77 text tokens, then image tokens), got {found}")
-        return b, t, height, width
+        return b, t
 
     @staticmethod
     def _per_sample(values, b, device, name):
