@@ -1,4 +1,4 @@
-"""OpenCLIP towers and tokenizer: golden parity (golden README §9), key manifests, tokenizer edge cases, kornia resize."""
+"""OpenCLIP towers and tokenizer: golden parity (golden README §9), key manifests, tokenizer cases, kornia resize."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def test_image_tokens_match_golden(image_encoder, golden, name):
 
 # -- full-size keys on the meta device -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prefix,cls", [("cond_stage_model.", OpenCLIPTextEncoder), ("embedder.", OpenCLIPImageEncoder)])
+@pytest.mark.parametrize("prefix,cls", [("cond_stage_model.", OpenCLIPTextEncoder),
+                                        ("embedder.", OpenCLIPImageEncoder)])
 def test_vit_h_14_keys_shapes_and_order_match_manifest(prefix, cls):
     manifest = json.loads(require(KEYS_DIR / "cami2v_256.json").read_text())
     expected = [(k, list(shape)) for k, shape in manifest.items() if k.startswith(prefix)]
