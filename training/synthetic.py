@@ -304,12 +304,12 @@ def _render_scene(task) -> tuple[str, int, int, int]:
     """Render every missing clip of one scene: (split, index, clips rendered, clips already there)."""
     out, settings, split, index = task
     out = Path(out)
-    todo = [c for c in range(settings.clips_per_scene) if not _clip_complete(out, settings, split, index, c)]
-    if not todo:
-        return split, index, 0, settings.clips_per_scene
-    scene = make_scene(settings.seed, split, index)
     name = scene_name(split, index)
     scene_file = out / "scenes" / split / f"{name}.json"
+    todo = [c for c in range(settings.clips_per_scene) if not _clip_complete(out, settings, split, index, c)]
+    if not todo and scene_file.is_file():
+        return split, index, 0, settings.clips_per_scene
+    scene = make_scene(settings.seed, split, index)
     save_scene(scene, scene_file)
     for c in todo:
         clip = clip_name(split, index, c)
@@ -365,7 +365,8 @@ def _check_manifest(out: Path, settings: Settings) -> dict:
 def generate(out, scenes: int, seed: int, frames: int = 16, height: int = 256, width: int = 256,
              split: str = "both", workers: int = 1, clips_per_scene: int = 2, fps: float = 10.0,
              supersample: int = 2, video_format: str = "png", log=print) -> dict:
-    """Write (or complete) the dataset under `out`; returns the manifest (settings and per-split counts)."""
+    """Write (or complete) the dataset under `out`; returns {"manifest": what manifest.json holds,
+    "clips_rendered": n, "clips_skipped": clips found complete}."""
     _check_request(scenes, seed, frames, height, width, split, workers, clips_per_scene, fps, supersample,
                    video_format)
     out = Path(out)
@@ -406,10 +407,9 @@ def generate(out, scenes: int, seed: int, frames: int = 16, height: int = 256, w
             collect(pool.imap_unordered(_render_scene, tasks))
     for s in splits:
         manifest["splits"][s] = {**_write_indices(out, s), "frames_per_clip": settings.frames}
-    manifest["last_run"] = {"scenes_requested": int(scenes), "splits": list(splits), "clips_rendered": rendered,
-                            "clips_skipped": skipped}
+    # Nothing about this particular run goes into the manifest, so a run that had nothing to do changes no file.
     _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return {"manifest": manifest, "clips_rendered": rendered, "clips_skipped": skipped}
 
 
 def _check_request(scenes, seed, frames, height, width, split, workers, clips_per_scene, fps, supersample,
@@ -464,7 +464,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        manifest = generate(args.out, args.scenes, args.seed, args.frames, args.size[0], args.size[1], args.split,
+        report = generate(args.out, args.scenes, args.seed, args.frames, args.size[0], args.size[1], args.split,
                             args.workers, args.clips_per_scene, args.fps, args.supersample, args.video_format,
                             log=None if args.quiet else print)
     except SyntheticDataError as e:
@@ -472,8 +472,10 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        counts = ", ".join(f"{s}: {c['scenes']} scenes / {c['clips']} clips" for s, c in manifest["splits"].items())
-        print(f"done: {args.out} ({counts})")
+        counts = ", ".join(f"{s}: {c['scenes']} scenes / {c['clips']} clips"
+                           for s, c in report["manifest"]["splits"].items())
+        print(f"done: {args.out} ({counts}); {report['clips_rendered']} clips rendered now, "
+              f"{report['clips_skipped']} were already complete")
     return 0
 
 
