@@ -39,7 +39,7 @@ from .camera_paths import FAMILIES, sample_intrinsics, sample_path
 from .render import DirectionalLight, Material, PointLight, Scene, Shape, render_views, save_scene
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "Settings", "SyntheticDataError", "make_scene", "make_clip",
-           "pose_lines", "generate", "render_views", "main"]
+           "pose_lines", "generate", "scene_for_clip", "render_views", "main"]
 
 # Bump whenever the same seed and settings would give different files (scene sampling, paths, renderer, format).
 GENERATOR_VERSION = "1"
@@ -90,8 +90,9 @@ def _muted_color(rng, lightness=(0.45, 0.85)):
 
 
 def _room_material(rng, pattern, scale_range):
-    c0 = _muted_color(rng)
-    c1 = _muted_color(rng, (0.25, 0.6))
+    # The second colour is clearly darker than the first: contrast is what feature detectors respond to.
+    c0 = _muted_color(rng, (0.6, 0.9))
+    c1 = (np.asarray(_muted_color(rng, (0.6, 0.9))) * rng.uniform(0.35, 0.6)).round(4).tolist()
     mortar = _muted_color(rng, (0.7, 0.9))
     return Material(pattern=pattern, colors=[c0, c1, mortar], scale=round(float(rng.uniform(*scale_range)), 4),
                     seed=int(rng.integers(2 ** 31)), detail=round(float(rng.uniform(0.2, 0.4)), 3))
@@ -256,6 +257,17 @@ def clip_name(split: str, index: int, clip: int) -> str:
     return f"{split}_{index:06d}_{clip:02d}"
 
 
+def scene_for_clip(out, clip: str):
+    """The Scene that clip `clip` (e.g. "test_000003_01") of the dataset under `out` was rendered from."""
+    from .render import load_scene
+
+    split, _, _ = clip.partition("_")
+    if split not in SPLITS or clip.count("_") != 2:
+        raise SyntheticDataError(f"{clip!r} is not a synthetic clip id; expected '<split>_<scene>_<clip>' such as "
+                                 f"'test_000003_01'")
+    return load_scene(Path(out) / "scenes" / split / f"{clip.rsplit('_', 1)[0]}.json")
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -288,9 +300,10 @@ def _write_frames(out: Path, settings: Settings, split: str, scene: str, clip: s
     from PIL import Image
 
     final = folder / clip
+    # Temporary folders of this clip left by interrupted runs (any process id) are never completed: drop them.
+    for stale in folder.glob(f".tmp-{clip}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder / f".tmp-{clip}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     for k, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp / f"{k:05d}.png")
