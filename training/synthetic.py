@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .camera_paths import FAMILIES, sample_intrinsics, sample_path
-from .render import DirectionalLight, Material, PointLight, Scene, Shape, render_views, save_scene
+from .render import DirectionalLight, Material, PointLight, Scene, Shape, load_scene, render_views, save_scene
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "Settings", "SyntheticDataError", "make_scene", "make_clip",
            "pose_lines", "generate", "scene_for_clip", "render_views", "main"]
@@ -46,7 +46,8 @@ GENERATOR_VERSION = "1"
 SPLITS = ("train", "test")
 # Part of every random stream's key: a test scene can never be drawn from a training scene's stream.
 _SPLIT_KEY = {"train": 0, "test": 1}
-_URL_PREFIX = "https://synthetic.invalid/cami2v"  # starts with "https" like the RealEstate10K files; .invalid never resolves
+# Starts with "https" like the RealEstate10K files (readers skip such lines); the .invalid domain never resolves.
+_URL_PREFIX = "https://synthetic.invalid/cami2v"
 _VIDEO_FORMATS = ("png", "mp4")
 
 
@@ -64,7 +65,7 @@ NAMED_COLORS = {
     "purple": (0.50, 0.22, 0.70), "pink": (0.95, 0.50, 0.70), "white": (0.93, 0.93, 0.90),
     "grey": (0.55, 0.55, 0.55), "brown": (0.50, 0.30, 0.15), "black": (0.13, 0.13, 0.14),
 }
-_WALL_PATTERNS = {"brick": "brick walls", "noise": "plastered walls", "blobs": "dotted walls",
+_WALL_PATTERNS = {"brick": "brick walls", "noise": "mottled walls", "blobs": "dotted walls",
                   "stripes": "striped walls", "checker": "tiled walls"}
 _FLOOR_PATTERNS = {"checker": "a checkered floor", "stripes": "a wooden floor", "noise": "a stone floor",
                    "blobs": "a speckled floor"}
@@ -250,17 +251,17 @@ class Settings:
 
 
 def scene_name(split: str, index: int) -> str:
+    """Scene id, e.g. "test_000003" (also the folder under video_clips/<split>/)."""
     return f"{split}_{index:06d}"
 
 
 def clip_name(split: str, index: int, clip: int) -> str:
+    """Clip id, e.g. "test_000003_01" (pose file, metadata and frame folder name)."""
     return f"{split}_{index:06d}_{clip:02d}"
 
 
 def scene_for_clip(out, clip: str):
     """The Scene that clip `clip` (e.g. "test_000003_01") of the dataset under `out` was rendered from."""
-    from .render import load_scene
-
     split, _, _ = clip.partition("_")
     if split not in SPLITS or clip.count("_") != 2:
         raise SyntheticDataError(f"{clip!r} is not a synthetic clip id; expected '<split>_<scene>_<clip>' such as "
@@ -435,7 +436,8 @@ def _check_request(scenes, seed, frames, height, width, split, workers, clips_pe
     need(isinstance(seed, (int, np.integer)) and seed >= 0,
          f"--seed must be a whole number >= 0 (numpy seeds are non-negative); got {seed!r}")
     need(frames >= 2, f"--frames must be >= 2 (training clips need 16); got {frames}")
-    need(8 <= height <= 4096 and 8 <= width <= 4096, f"--size H W must be between 8 and 4096 pixels; got {height} {width}")
+    need(8 <= height <= 4096 and 8 <= width <= 4096,
+         f"--size H W must be between 8 and 4096 pixels; got {height} {width}")
     need(split in (*SPLITS, "both"), f"--split must be one of {(*SPLITS, 'both')}; got {split!r}")
     need(workers >= 1, f"--workers must be >= 1; got {workers}")
     need(clips_per_scene >= 1, f"--clips-per-scene must be >= 1; got {clips_per_scene}")
