@@ -1,0 +1,177 @@
+"""CameraPoseEncoder: golden parity of the pose features in float32 and float64 (golden README §5, §6), the
+positional-encoding table, key manifests and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from cami2v_core.modules.camera_encoder import CameraPoseEncoder
+from tests.golden import KEYS_DIR, golden_state_dict, load_tensors, require
+
+PREFIX = "pose_encoder."
+FP32 = "unet_forward/cami2v_unet_fp32.safetensors"
+FP64 = "unet_forward/cami2v_unet_fp64.safetensors"
+TRAJECTORIES = ("orbit_left", "general6dof")  # the batch of fixture C, in order (golden README §5)
+# pose_encoder_config.params of golden/configs/cami2v_tiny.yaml
+TINY = dict(downscale_factor=8, channels=[32, 64, 64], nums_rb=2, cin=384, ksize=1, sk=True, use_conv=False,
+            compression_factor=1, temporal_attention_nhead=8, attention_block_types=["Temporal_Self"],
+            temporal_position_encoding=True, temporal_position_encoding_max_len=16)
+FULL = dict(TINY, channels=[320, 640, 1280, 1280])  # spec §4.1
+ATOL_FP32 = 5e-5  # observed max 9e-6 on features of magnitude ~4
+ATOL_FP64 = 1e-12  # observed ~2e-15
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    sd = {k[len(PREFIX):]: v for k, v in golden_state_dict("cami2v").items() if k.startswith(PREFIX)}
+    model = CameraPoseEncoder(**TINY).eval()
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fixture_c():
+    return load_tensors(FP32)
+
+
+def _golden_plucker() -> torch.Tensor:
+    """The fp32 Plücker of fixture C's two samples, [2, 6, 8, 64, 64] (bit-identical to fixture C's, README §5)."""
+    return torch.cat([load_tensors(f"camera/{name}.safetensors")["plucker"] for name in TRAJECTORIES])
+
+
+def _plucker_float64(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Independent Plücker (spec §6.2): pixel centres +0.5, unit camera rays rotated to world, [o x d, d]."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                          torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]  # [B, T, 1, 1]
+    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
+    x, y = (u - cx) / fx, (v - cy) / fy  # [B, T, H, W]
+    rays = torch.stack([x, y, torch.ones_like(x)], dim=-1)
+    rays = rays / rays.norm(dim=-1, keepdim=True)
+    d = torch.einsum("btij,bthwj->bthwi", rel_c2w[..., :3, :3], rays)
+    o = rel_c2w[..., :3, 3][:, :, None, None, :].expand_as(d)
+    return torch.cat([torch.cross(o, d, dim=-1), d], dim=-1).permute(0, 4, 1, 2, 3)  # [B, 6, T, H, W]
+
+
+# -- golden parity ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_pose_features_match_golden_fp32(encoder, fixture_c):
+    features = encoder(_golden_plucker())
+    assert len(features) == 3
+    for level, feature in enumerate(features):
+        expected = fixture_c[f"camera.pose_features.{level}"]
+        assert feature.shape == expected.shape
+        torch.testing.assert_close(feature, expected, rtol=0, atol=ATOL_FP32)
+
+
+@torch.no_grad()
+def test_pose_features_match_golden_fp64(encoder, fixture_c):
+    # README §6: the fp64 reference recomputed the relative poses and the Plücker in float64 from the float32 w2c
+    # and K; so do we, independently of cami2v_core.camera.
+    golden64 = load_tensors(FP64)
+    c2w = torch.linalg.inv(fixture_c["w2c"].double())
+    ref = c2w[torch.arange(2), fixture_c["cond_frame_index"]]  # [B, 4, 4]
+    rel_c2w = torch.linalg.inv(ref)[:, None] @ c2w  # spec §6.3, trace scale 1
+    torch.testing.assert_close(rel_c2w, golden64["camera.relative_c2w"], rtol=0, atol=1e-12)
+    plucker = _plucker_float64(rel_c2w, fixture_c["K"].double(), 64, 64)
+    # sanity: this float64 Plücker is the golden float32 one up to float32 round-off
+    torch.testing.assert_close(plucker, _golden_plucker().double(), rtol=0, atol=1e-5)
+
+    model = CameraPoseEncoder(**TINY).eval()
+    model.load_state_dict(encoder.state_dict())
+    features = model.double()(plucker)
+    for level, feature in enumerate(features):
+        torch.testing.assert_close(feature, golden64[f"camera.pose_features.{level}"], rtol=0, atol=ATOL_FP64)
+
+
+@torch.no_grad()
+def test_samples_are_independent(encoder, fixture_c):
+    single = encoder(load_tensors("camera/general6dof.safetensors")["plucker"])
+    for level, feature in enumerate(single):
+        torch.testing.assert_close(feature, fixture_c[f"camera.pose_features.{level}"][1:2], rtol=0, atol=ATOL_FP32)
+
+
+def test_positional_encoding_table():
+    # built at construction (not only loaded): identical to the checkpoint's table and to the formula of spec §4.1
+    golden = {k[len(PREFIX):]: v for k, v in golden_state_dict("cami2v").items()
+              if k.startswith(PREFIX) and k.endswith(".pe")}
+    built = CameraPoseEncoder(**TINY).state_dict()
+    assert len(golden) == 6  # 3 levels x 2 blocks
+    for key, table in golden.items():
+        assert torch.equal(built[key], table), key
+    pe = built["encoder_down_attention_blocks.1.0.attention_blocks.0.pos_encoder.pe"][0].double()  # [16, 64]
+    p = torch.arange(16, dtype=torch.float64)[:, None]
+    w = 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64)
+    torch.testing.assert_close(pe[:, 0::2], torch.sin(p * w), rtol=0, atol=2e-6)
+    torch.testing.assert_close(pe[:, 1::2], torch.cos(p * w), rtol=0, atol=2e-6)
+
+
+def test_state_dict_matches_golden_keys_and_shapes(encoder):
+    expected = {k[len(PREFIX):]: tuple(v.shape) for k, v in golden_state_dict("cami2v").items() if k.startswith(PREFIX)}
+    assert {k: tuple(v.shape) for k, v in encoder.state_dict().items()} == expected
+
+
+# -- full-size key manifests on the meta device ----------------------------------------------------------------------
+
+MANIFESTS = sorted(p.name for p in KEYS_DIR.glob("*.json") if not p.name.endswith(".meta.json")) or ["cami2v_256.json"]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_full_size_keys_shapes_and_order_match_manifest(manifest):
+    keys = json.loads(require(KEYS_DIR / manifest).read_text())
+    expected = [(k[len(PREFIX):], list(shape)) for k, shape in keys.items() if k.startswith(PREFIX)]
+    if manifest.startswith(("motionctrl", "dynamicrafter")):
+        assert expected == []  # these variants have no pose encoder (spec §5.2, §5.3)
+        return
+    assert len(expected) == 150
+    with torch.device("meta"):
+        model = CameraPoseEncoder(**FULL)
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == expected
+    assert sum(p.numel() for p in model.parameters()) == 199_262_400  # keys/README.md
+    assert sum(b.numel() for b in model.buffers()) == 112_640  # eight pos_encoder.pe tables
+
+
+def test_full_size_feature_shapes_on_meta():
+    with torch.device("meta"):
+        model = CameraPoseEncoder(**FULL)
+        features = model(torch.empty(1, 6, 16, 320, 512))
+    # spec §4.1: ds 1, 2, 4, 8 of the 40x64 latent with the UNet's widths
+    assert [tuple(f.shape) for f in features] == [(1, 320, 16, 40, 64), (1, 640, 16, 20, 32), (1, 1280, 16, 10, 16),
+                                                  (1, 1280, 16, 5, 8)]
+
+
+# -- options and errors ----------------------------------------------------------------------------------------------
+
+def test_original_options_change_the_keys_like_the_original():
+    # use_conv: strided-conv pooling `down_opt.op`; sk=False: `in_conv` and `skep` on every block; no PE: no buffer
+    model = CameraPoseEncoder(downscale_factor=8, channels=[16, 16], nums_rb=1, cin=384, ksize=3, sk=False,
+                              use_conv=True, temporal_attention_nhead=2)
+    keys = model.state_dict()
+    assert keys["encoder_down_conv_blocks.1.0.down_opt.op.weight"].shape == (16, 16, 3, 3)
+    assert keys["encoder_down_conv_blocks.0.0.skep.weight"].shape == (16, 16, 3, 3)
+    assert keys["encoder_down_conv_blocks.0.0.in_conv.weight"].shape == (16, 16, 3, 3)
+    assert not any(k.endswith(".pe") for k in keys)
+    features = model(torch.zeros(1, 6, 3, 32, 32))
+    assert [tuple(f.shape) for f in features] == [(1, 16, 3, 4, 4), (1, 16, 3, 2, 2)]
+
+
+def test_errors_say_what_was_expected(encoder):
+    with pytest.raises(ValueError, match=r"\[B, 6, T, H, W\].*\(2, 6, 64, 64\)"):
+        encoder(torch.zeros(2, 6, 64, 64))
+    with pytest.raises(ValueError, match="multiples of downscale_factor=8"):
+        encoder(torch.zeros(1, 6, 4, 60, 64))
+    with pytest.raises(ValueError, match="covers 16 frames.*got 17"):
+        encoder(torch.zeros(1, 6, 17, 8, 8))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_rb'"):
+        CameraPoseEncoder(**TINY, num_rb=2)
+    with pytest.raises(ValueError, match="attention_block_types"):
+        CameraPoseEncoder(**{**TINY, "attention_block_types": ["Temporal_Cross"]})
+    with pytest.raises(ValueError, match="sk=False with a channel change"):
+        CameraPoseEncoder(**{**TINY, "sk": False})
+    with pytest.raises(ValueError, match="cin"):
+        CameraPoseEncoder(**{**TINY, "cin": 100})
