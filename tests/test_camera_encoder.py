@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cami2v_core.modules.camera_encoder import CameraPoseEncoder
-from tests.golden import KEYS_DIR, golden_state_dict, load_tensors, require
+from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
 
 PREFIX = "pose_encoder."
 FP32 = "unet_forward/cami2v_unet_fp32.safetensors"
@@ -175,3 +175,13 @@ def test_errors_say_what_was_expected(encoder):
         CameraPoseEncoder(**{**TINY, "sk": False})
     with pytest.raises(ValueError, match="cin"):
         CameraPoseEncoder(**{**TINY, "cin": 100})
+
+
+def test_original_yaml_params_pass_straight_through():
+    # an importer hands the original `pose_encoder_config.params` over unchanged (golden/configs/cami2v_tiny.yaml)
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
+    params = OmegaConf.to_container(config.model.params.pose_encoder_config.params, resolve=True)
+    model = CameraPoseEncoder(**params)
+    assert [f.shape[1] for f in model(torch.zeros(1, 6, 2, 64, 64))] == [32, 64, 64]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cami2v_core.modules.resampler import PerceiverAttention, Resampler
-from tests.golden import KEYS_DIR, golden_state_dict, load_tensors, require
+from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
 
 ENCODERS = "encoders/encoders.safetensors"
 PREFIX = "image_proj_model."
@@ -111,3 +111,13 @@ def test_errors_say_what_was_expected(resampler):
         resampler(torch.zeros(257, 48))
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_latents'"):
         Resampler(**TINY, num_latents=4)
+
+
+def test_original_yaml_params_pass_straight_through():
+    # an importer hands the original `image_proj_stage_config.params` over unchanged (golden/configs/cami2v_tiny.yaml)
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
+    params = OmegaConf.to_container(config.model.params.image_proj_stage_config.params, resolve=True)
+    model = Resampler(**params)
+    assert model(torch.zeros(1, 257, 48)).shape == (1, 128, 64)
