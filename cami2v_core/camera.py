@@ -1,4 +1,6 @@
-"""Camera maths of CamI2V: relative poses, intrinsics, Plücker rays, fundamental matrices, epipolar masks (spec §4.4, §6).
+"""Camera maths of CamI2V: relative poses, intrinsics, Plücker rays, fundamental matrices, epipolar masks.
+
+Spec §4.4 (epipolar mask), §5.2 (MotionCtrl RT), §6 (intrinsics, Plücker, pose conventions).
 
 Conventions (read these before touching a pose):
     Axes      OpenCV: x right, y down, z forward (into the scene). A camera looks along its +z.
@@ -12,7 +14,8 @@ Conventions (read these before touching a pose):
               cy/H), as in RealEstate10K files and CAMERACTRL_POSES; see the `*_intrinsics` helpers (spec §6.1).
     Pixel centres  Two rules, both kept as the original has them:
               Plücker grid (spec §6.2): pixel (column i, row j) is at (i + 0.5, j + 0.5).
-              Epipolar cells (spec §4.4 step 4): cell (x, y) of stride d is at (x·d + d/2 − 0.5, y·d + d/2 − 0.5).
+              Epipolar cells (spec §4.4 step 4): cell (x, y) of stride d is at (x·d + d/2 − 0.5, y·d + d/2 − 0.5)
+              in pixels, i.e. the centre of its d×d block when pixel k is centred on k.
     Plücker   6 channels per pixel: [o × d, d] (moment first), o = camera centre, d = unit ray direction in the
               relative world frame; layout `b c t h w` (spec §6.2).
     Tokens    Epipolar masks index tokens frame-major, then y, then x: flat index = t·h·w + y·w + x (spec §4.3).
@@ -40,7 +43,7 @@ MASK_CHUNK_ELEMENTS = 2 ** 24
 # -- input checks ------------------------------------------------------------------------------------------------
 
 def _check_shape(name: str, tensor: torch.Tensor, trailing: tuple, leading: int, layout: str) -> None:
-    """Raise a ValueError naming the expected layout unless `tensor` has `leading` batch dims and these trailing dims."""
+    """Raise a ValueError naming the expected layout unless `tensor` has `leading` dims then these trailing dims."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {layout}; got {type(tensor).__name__}")
     ok = tensor.dim() == leading + len(trailing) and all(
@@ -57,7 +60,7 @@ def _real(tensor: torch.Tensor) -> torch.Tensor:
 # -- poses (spec §6.3, §5.2) -------------------------------------------------------------------------------------
 
 def relative_c2w(w2c: torch.Tensor, cond_frame_index: torch.Tensor, trace_scale: float = 1.0) -> torch.Tensor:
-    """Per-frame c2w relative to the conditioning frame, translation × trace_scale: w2c [B,T,4,4], index [B] -> [B,T,4,4]."""
+    """c2w relative to the conditioning frame, translation × trace_scale: w2c [B,T,4,4], index [B] -> [B,T,4,4]."""
     _check_shape("w2c", w2c, (None, 4, 4), 1, "[B, T, 4, 4] (per-frame world-to-camera)")
     w2c = _real(w2c)
     batch, frames = w2c.shape[:2]
@@ -78,7 +81,7 @@ def relative_c2w(w2c: torch.Tensor, cond_frame_index: torch.Tensor, trace_scale:
 
 
 def relative_pairs(rel_c2w: torch.Tensor) -> torch.Tensor:
-    """All ordered frame pairs: rel_c2w [B,T,4,4] -> [B,T,T,4,4], pairs[b,i,j] = inv(C_j)·C_i (camera i -> camera j)."""
+    """All ordered frame pairs: rel_c2w [B,T,4,4] -> [B,T,T,4,4], pairs[b,i,j] = inv(C_j)·C_i (camera i -> j)."""
     _check_shape("rel_c2w", rel_c2w, (None, 4, 4), 1, "[B, T, 4, 4] (relative camera-to-world)")
     rel_c2w = _real(rel_c2w)
     inv_j = rearrange(torch.linalg.inv(rel_c2w), "b t r c -> b 1 t r c")  # key frame j on axis 2
@@ -156,7 +159,7 @@ def plucker_embedding(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width
     _check_shape("rel_c2w", rel_c2w, (None, 4, 4), 1, "[B, T, 4, 4] (relative camera-to-world)")
     _check_shape("K", K, rel_c2w.shape[:2] + (3, 3), 0, f"[B, T, 3, 3] = {list(rel_c2w.shape[:2]) + [3, 3]} (pixels)")
     rel_c2w = _real(rel_c2w)
-    K = K.to(rel_c2w.dtype)
+    K = K.to(rel_c2w.device, rel_c2w.dtype)
     dtype, device = rel_c2w.dtype, rel_c2w.device
     # Pixel (column i, row j) at its continuous centre (i + 0.5, j + 0.5), spec §6.2.
     rows, cols = torch.meshgrid(torch.arange(height, dtype=dtype, device=device) + 0.5,
@@ -206,7 +209,8 @@ def fundamental_matrices(pairs: torch.Tensor, K: torch.Tensor, pair_t: torch.Ten
     rotation = pairs[..., :3, :3]  # [B,T,T,3,3]
     if pair_t is None:
         pair_t = pairs[..., :3, 3:4]
-    _check_shape("pair_t", pair_t, (batch, frames, frames, 3, 1), 0, f"[B, T, T, 3, 1] = {[batch, frames, frames, 3, 1]}")
+    _check_shape("pair_t", pair_t, (batch, frames, frames, 3, 1), 0,
+                 f"[B, T, T, 3, 1] = {[batch, frames, frames, 3, 1]}")
     pair_t = pair_t.to(pairs.device, pairs.dtype)
     # [t]x R: t crossed with each column of R (cross product along the row axis).
     essential = torch.linalg.cross(pair_t.expand_as(rotation), rotation, dim=-2)  # [B,T,T,3,3]
@@ -229,8 +233,9 @@ def epipolar_mask(F: torch.Tensor, height: int, width: int, stride: int,
     h, w = height // stride, width // stride. mask[b, i·h·w + p, j·h·w + q] is True iff the centre of cell q of
     frame j lies at distance < stride·√2/2 pixels from the line F_ij·p (spec §4.4 steps 4-5); a NaN distance (a
     zero-length line) is False. Memory: the result is a dense bool tensor of B·L² bytes (L = T·h·w; at 256x256,
-    T=16, stride 8: L = 16384, 268 MB per sample). It is filled in chunks of query rows so the float32 distance
-    temporaries stay below `chunk_elements` elements (default 64 MiB) however large L is.
+    T=16, stride 8: L = 16384, 268 MB per sample). It is filled in chunks of query rows so that each float
+    temporary (two at a time) has at most `chunk_elements` elements (default 2**24, 64 MiB in float32) however
+    large L is; the result does not depend on the chunk size.
     """
     _check_shape("F", F, (None, None, 3, 3), 1, "[B, T, T, 3, 3] (fundamental matrices)")
     batch, frames = F.shape[:2]
@@ -253,19 +258,27 @@ def epipolar_mask(F: torch.Tensor, height: int, width: int, stride: int,
     lines = lines / lines[..., :2, :].norm(dim=-2, keepdim=True)
     lines = rearrange(lines, "b i j abc p -> b (i p) j abc")  # query rows in token order: [B, L, T2, 3]
 
+    key_x, key_y = grid[:, 0], grid[:, 1]  # [hw]
     mask = torch.empty(batch, length, length, dtype=torch.bool, device=F.device)
     rows_per_chunk = max(1, chunk_elements // max(1, batch * length))
     for start in range(0, length, rows_per_chunk):
-        stop = min(start + rows_per_chunk, length)
-        dist = (lines[:, start:stop] @ grid.transpose(0, 1)).abs()  # [B, n, T2, hw]: |l·q| for each key cell q
-        mask[:, start:stop] = rearrange(dist < threshold, "b n j q -> b n (j q)")
+        a, b, c = lines[:, start:start + rows_per_chunk, :, :, None].unbind(-2)  # each [B, n, T2, 1]
+        # |a·x + b·y + c| for every key cell q, written out elementwise rather than as a matmul: every entry then
+        # rounds the same way whatever the chunk size or device (a matmul's kernel, and so its rounding, changes
+        # with the batch shape; that can flip entries lying on the threshold, golden README §4 "exact ties").
+        dist = a * key_x  # [B, n, T2, hw]
+        dist += b * key_y
+        dist += c
+        mask[:, start:start + rows_per_chunk] = rearrange(dist.abs_() < threshold, "b n j q -> b n (j q)")
     return mask
 
 
 def epipolar_structures(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width: int, strides,
                         generator: torch.Generator | None = None,
                         pair_t: torch.Tensor | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Epipolar masks for several strides from one set of pairs: rel_c2w [B,T,4,4], K [B,T,3,3] -> ({d: bool [B,L_d,L_d]}, pair_t [B,T,T,3,1]).
+    """Masks for several strides from one perturbation draw: rel_c2w [B,T,4,4], K [B,T,3,3] px -> (masks, pair_t).
+
+    Returns ({stride d: bool [B, L_d, L_d]}, pair_t [B,T,T,3,1]) with L_d = T·(height // d)·(width // d).
 
     The zero-translation perturbation is drawn once (spec §4.4 step 2, with `generator` or the global RNG) and
     shared by all strides; `pair_t` injects a recorded draw instead. The translations used are returned so a run
