@@ -703,7 +703,7 @@ def train(cfg: DictConfig) -> dict:
         if bar is not None:
             bar.close()
         metrics.close()
-    return {"step": step, "metrics": last, "output_dir": str(out_dir), "rank": rank}
+    return {"step": step, "metrics": last, "output_dir": str(out_dir), "rank": rank, "model": model}
 
 
 def _trainer_state(step, optimizer, scheduler, scaler, ema) -> dict:

@@ -1,0 +1,210 @@
+"""training/train.py: configs, trainable sets, checkpoints that load_model reads, exact resume, 2-process DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "training" / "configs" / "tiny_synthetic.yaml"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """Two tiny synthetic scenes (4 clips of 16 frames, 64x64)."""
+    out = tmp_path_factory.mktemp("synth")
+    subprocess.run([sys.executable, "-m", "training.synthetic", "--out", str(out), "--scenes", "2", "--seed", "0",
+                    "--frames", "16", "--size", "64", "64", "--split", "train", "--supersample", "1", "--quiet"],
+                   check=True, cwd=ROOT)
+    return out
+
+
+def overrides(data: Path, out: Path, **extra) -> list[str]:
+    """A fast CPU run of the shipped tiny config: random VAE, batch 1, one thread."""
+    items = {"model.init_parts": "[]", "model.scale_factor_from": "null", "data.root": str(data),
+             "output_dir": str(out), "train.batch_size": 1, "train.threads": 1, "train.progress": "false",
+             "train.log_every": 1, "train.warmup_steps": 2, "train.cache_frozen": "false", "train.tensorboard": "false"}
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+def test_load_config_shortcuts_and_dotlist():
+    cfg = T.load_config(CONFIG, ["max_steps=7", "output_dir=/x", "resume=none", "train.lr=0.25", "data.root=/d"])
+    assert cfg.train.max_steps == 7 and cfg.train.output_dir == "/x" and cfg.train.resume == "none"
+    assert cfg.train.lr == 0.25 and cfg.data.root == "/d"
+    assert cfg.train.grad_clip == 1.0  # from the YAML, over the paper default 0.5
+
+
+@pytest.mark.parametrize("item, word", [("train.precision=fp8", "train.precision"),
+                                        ("train.distributed=zero", "train.distributed"),
+                                        ("train.trainable=camera", "train.trainable"),
+                                        ("max_steps", "key=value")])
+def test_load_config_rejects_bad_values(item, word):
+    with pytest.raises(T.TrainConfigError, match=word):
+        T.load_config(CONFIG, [item])
+
+
+def test_missing_config_file_is_explained(tmp_path):
+    with pytest.raises(T.TrainConfigError, match="does not exist"):
+        T.load_config(tmp_path / "nope.yaml")
+
+
+def test_model_config_overrides_merge_into_preset():
+    cfg = T.load_config(CONFIG, ["model.scale_factor_from=null"])
+    mc = T.model_config_from_section(cfg.model)
+    assert mc.unet["dropout"] == 0.0 and mc.unet["model_channels"] == 32  # override merged, rest kept
+    assert mc.variant == "cami2v" and mc.temporal_length == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from cami2v_core.model import build_model
+    return build_model("tiny")
+
+
+def test_trainable_presets_follow_the_paper(tiny_model):
+    names = T.trainable_parameter_names(tiny_model, "cami2v")
+    assert names and all(n.startswith("pose_encoder.") or ".pluker_projection." in n or ".epipolar." in n
+                         for n in names)
+    assert any(n.startswith("pose_encoder.") for n in names)
+    assert any(".pluker_projection." in n for n in names) and any(".epipolar." in n for n in names)
+    # nothing of the base UNet, VAE, CLIP or resampler (spec §8)
+    assert not any(".attn1." in n or n.startswith(("first_stage_model.", "embedder.", "image_proj_model."))
+                   for n in names)
+    every = T.trainable_parameter_names(tiny_model, "all")
+    assert set(names) < set(every)
+    assert not any(n.startswith(("first_stage_model.", "cond_stage_model.", "embedder.")) for n in every)
+
+
+def test_trainable_prefix_list_and_unknown_prefix(tiny_model):
+    names = T.trainable_parameter_names(tiny_model, ["pose_encoder.", "image_proj_model."])
+    assert names and all(n.startswith(("pose_encoder.", "image_proj_model.")) for n in names)
+    with pytest.raises(T.TrainConfigError, match="match no parameter"):
+        T.trainable_parameter_names(tiny_model, ["posencoder."])
+
+
+def test_motionctrl_trainable_is_temporal_attn2():
+    assert T._is_temporal("model.diffusion_model.input_blocks.1.2.transformer_blocks.0.attn2.to_q.weight")
+    assert T._is_temporal("model.diffusion_model.middle_block.2.transformer_blocks.0.attn2.to_q.weight")
+    assert T._is_temporal("model.diffusion_model.init_attn.0.transformer_blocks.0.attn2.to_q.weight")
+    assert not T._is_temporal("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight")
+
+
+def test_lr_schedule():
+    cfg = T.load_config(CONFIG, ["max_steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
+    assert T.lr_factor(0, cfg) == pytest.approx(0.1) and T.lr_factor(9, cfg) == pytest.approx(1.0)
+    assert T.lr_factor(10, cfg) == pytest.approx(1.0) and T.lr_factor(100, cfg) == pytest.approx(0.1)
+    cfg.lr_schedule = "constant"
+    assert T.lr_factor(50, cfg) == 1.0
+
+
+def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
+    import random
+
+    import numpy as np
+    state = T.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    T.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+# -- training runs --------------------------------------------------------------------------------------------------
+
+def test_checkpoint_loads_with_load_model_and_samples(synth, tmp_path):
+    from cami2v_core.model import load_model
+    from cami2v_core.pipeline import generate
+
+    out = tmp_path / "run"
+    result = T.train(T.load_config(CONFIG, overrides(synth, out, max_steps=2, **{"train.save_every": 2})))
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["metrics"]["loss"]))
+    model = load_model(ckpt / "model.safetensors")  # config from the header, strict keys
+    assert model.variant == "cami2v" and model.config.unet["dropout"] == 0.0
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert set(saved) == set(model.state_dict())
+    ema = load_model(ckpt / "ema.safetensors")
+    w2c = torch.eye(4).repeat(8, 1, 1)
+    w2c[:, 0, 3] = torch.linspace(0, 0.5, 8)
+    image = torch.rand(1, 64, 64, 3)
+    frames = generate(ema, image, w2c, steps=2, seed=0)
+    assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()
+    assert not any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
+
+
+def test_resume_continues_the_same_run(synth, tmp_path):
+    extra = {"train.save_every": 2, "train.ema_decay": 0.9, "train.uncond_prob": 0.3}
+    full = tmp_path / "full"
+    T.train(T.load_config(CONFIG, overrides(synth, full, max_steps=4, **extra)))
+    part = tmp_path / "part"
+    T.train(T.load_config(CONFIG, overrides(synth, part, max_steps=2, **extra)))  # "interrupted" after step 2
+    # a crash during a later save leaves a temp folder behind; resuming must ignore it
+    (part / "checkpoints" / ".tmp-step_00000003").mkdir()
+    T.train(T.load_config(CONFIG, overrides(synth, part, max_steps=4, resume="auto", **extra)))
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(str(full / "checkpoints" / "step_00000004" / name))
+        b = load_file(str(part / "checkpoints" / "step_00000004" / name))
+        assert set(a) == set(b)
+        diff = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not diff, f"{name}: {len(diff)} tensors differ after resume, e.g. {diff[:3]}"
+    la = (full / "metrics.jsonl").read_text().splitlines()
+    lb = (part / "metrics.jsonl").read_text().splitlines()
+    loss = lambda line: __import__("json").loads(line)["loss"]  # noqa: E731
+    assert [loss(x) for x in la] == [loss(x) for x in lb]
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint(synth, tmp_path):
+    cfg = T.load_config(CONFIG, overrides(synth, tmp_path / "r", max_steps=1, resume=str(tmp_path)))
+    with pytest.raises(T.TrainConfigError, match="not a checkpoint folder"):
+        T.train(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_WORKER = r"""
+import sys, torch
+from training import train as T
+cfg = T.load_config(sys.argv[1], sys.argv[3:])
+result = T.train(cfg)
+model = result["model"]
+torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f"{sys.argv[2]}/rank{result['rank']}.pt")
+"""
+
+
+def test_ddp_two_processes_on_cpu(synth, tmp_path):
+    out = tmp_path / "ddp"
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(worker), str(CONFIG), str(tmp_path),
+           *overrides(synth, out, max_steps=2, **{"train.save_every": 2, "train.ema_decay": 0.9})]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert set(r0) == set(r1)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "parameters differ between the ranks"
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(__import__("json").loads(x)["loss"])) for x in lines)
+    # the ranks saw different data (seeded by rank), so both RNG files exist and the step-2 model differs from init
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file()
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert all(torch.equal(saved[k], r0[k].float() if r0[k].is_floating_point() else r0[k]) for k in saved)
