@@ -1,0 +1,35 @@
+"""Camera paths as data: build, combine, import, check and preview CamI2V trajectories (numpy + Pillow, no model).
+
+A `Trajectory` holds per-frame world-to-camera matrices `w2c` [T,4,4] (OpenCV axes: x right, y down, z forward),
+normalised intrinsics [T,4] (fx, fy, cx, cy) and the pose image aspect. User guide: docs/trajectories.md.
+
+    import trajectories as tj
+    path = tj.preset("orbit left", frames=16, ratio=0.6)          # the original demo's motions
+    path = tj.concatenate(tj.orbit("left", 30, frames=9), tj.zoom("in", 0.5, frames=8))
+    path = tj.load("my_path.json")                                   # pose JSON, RealEstate10K text, presets
+    poses = path.to_cameractrl_poses()                               # ComfyUI CAMERACTRL_POSES
+    tj.draw_path(path).save("path.png")
+"""
+
+from .builders import (EASINGS, bezier, camera, dolly, focal_zoom, look, orbit, pan, progress, roll, stationary,
+                       tilt, zoom)
+from .combinators import (add, concatenate, demo_resample, ease, interpolate, loop, resample, reverse, scale,
+                          speed)
+from .errors import TrajectoryError, TrajectoryWarning
+from .formats import (from_cameractrl_poses, from_json, from_realestate10k, load, read_text, to_cameractrl_poses,
+                      to_json, to_realestate10k)
+from .presets import PRESETS, Preset, find_preset, preset, preset_path
+from .preview import draw_path, save_animation, warp_preview
+from .trajectory import MAX_FRAMES, RIGID_KEEP_TOL, RIGID_REPAIR_TOL, Trajectory, default_intrinsics
+
+__all__ = [
+    "Trajectory", "TrajectoryError", "TrajectoryWarning", "default_intrinsics", "MAX_FRAMES", "RIGID_KEEP_TOL",
+    "RIGID_REPAIR_TOL",
+    "orbit", "pan", "zoom", "dolly", "focal_zoom", "look", "tilt", "roll", "stationary", "camera", "progress",
+    "EASINGS", "bezier",
+    "concatenate", "add", "reverse", "loop", "ease", "speed", "resample", "demo_resample", "interpolate", "scale",
+    "PRESETS", "Preset", "preset", "preset_path", "find_preset",
+    "load", "read_text", "from_json", "to_json", "from_realestate10k", "to_realestate10k", "from_cameractrl_poses",
+    "to_cameractrl_poses",
+    "draw_path", "warp_preview", "save_animation",
+]
