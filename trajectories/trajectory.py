@@ -243,7 +243,7 @@ def _check_rotations(w2c: np.ndarray) -> np.ndarray:
     repair = err > RIGID_KEEP_TOL
     if repair.any():
         frames = np.flatnonzero(repair)
-        centres = -np.einsum("tji,tj->ti", rot[frames], w2c[frames, :3, 3])  # -R^T t, exact for the near-rigid
+        centres = -np.linalg.solve(rot[frames], w2c[frames, :3, 3][..., None])[..., 0]  # the point seen at 0
         fixed = geometry.nearest_rotation(rot[frames])
         w2c[frames, :3, :3] = fixed
         w2c[frames, :3, 3] = -np.einsum("tij,tj->ti", fixed, centres)
