@@ -1,0 +1,63 @@
+"""Export a training checkpoint as a release file: fp16 safetensors, released key layout, config in the header.
+
+    python -m training.export runs/tiny_synthetic/checkpoints/step_00001500 \
+        --out cami2v_core/weights/cami2v-tiny-synthetic.safetensors --ema --max-mb 25
+
+The file loads with `cami2v_core.load_model` (no preset needed: the `cami2v_config` header entry says what to
+build) and is what `python -m cami2v_core generate` and the ComfyUI loader use by default when it is the bundled
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, parse_dtype, save_safetensors
+from cami2v_core.model import load_model
+
+
+def export(checkpoint: Path, out: Path, ema: bool = True, dtype: str = "fp16", max_mb: float | None = None,
+           note: dict | None = None) -> dict:
+    """Write `out` from a checkpoints/step_X folder (or a model file); returns the header metadata written."""
+    src = checkpoint
+    if checkpoint.is_dir():
+        src = checkpoint / ("ema.safetensors" if ema and (checkpoint / "ema.safetensors").is_file()
+                            else "model.safetensors")
+    sd, meta = load_state_dict(src, dtype=parse_dtype(dtype))
+    if CONFIG_METADATA_KEY not in meta:
+        raise SystemExit(f"{src} has no {CONFIG_METADATA_KEY!r} header entry; export files written by training.train")
+    header = {CONFIG_METADATA_KEY: meta[CONFIG_METADATA_KEY], "format": "cami2v-release",
+              "source": f"{checkpoint.name}/{src.name}", "training_step": meta.get("training_step", "")}
+    header.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (note or {}).items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(sd, out, metadata=header)
+    size_mb = out.stat().st_size / 2**20
+    if max_mb is not None and size_mb > max_mb:
+        out.unlink()
+        raise SystemExit(f"{out} would be {size_mb:.1f} MiB, over the {max_mb} MiB limit; shrink the model")
+    load_model(out)  # proves the file is complete and strict-loadable
+    return header
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry."""
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="checkpoints/step_XXXXXXXX folder (or a model .safetensors)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ema", action="store_true", help="export the EMA weights when the checkpoint has them")
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    p.add_argument("--max-mb", type=float, default=None, help="refuse a file larger than this (MiB)")
+    p.add_argument("--note", default=None, help="JSON object of extra header entries (e.g. the training command)")
+    args = p.parse_args(argv)
+    header = export(Path(args.checkpoint), Path(args.out), args.ema, args.dtype, args.max_mb,
+                    json.loads(args.note) if args.note else None)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB) from {header['source']}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
