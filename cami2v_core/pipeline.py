@@ -256,7 +256,7 @@ def encode_conditioning(model, image, w2c, intrinsics=None, prompt: str = "", ne
         pixels = prepared.pixels.to(device)
         # Text for the branches that run: "cond" uses the prompt; "uncond" and "image" the negative prompt.
         texts = {"cond": prompt, "uncond": negative_prompt, "image": negative_prompt, "nocam": prompt}
-        needed = sorted({texts[b] for b in branches}, key=[texts[b] for b in branches].index)
+        needed = list(dict.fromkeys(texts[b] for b in branches))  # each distinct prompt once, in branch order
         text_emb = dict(zip(needed, model.encode_text(needed).unbind(0)))
         image_tokens = model.encode_image_tokens(pixels)
         if "uncond" in branches:

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
-from cami2v_core.pipeline import (PipelineError, check_w2c, from_comfy_latent, image_to_uint8,
-                                  intrinsics_from_normalized, latent_preview, prepare_image, target_size,
-                                  to_comfy_latent)
-from tests.golden import load_tensors
+from cami2v_core.pipeline import (Draws, PipelineError, check_w2c, decode_latent, from_comfy_latent, generate,
+                                  image_to_uint8, intrinsics_from_normalized, latent_preview, prepare_image,
+                                  sample_latent, target_size, to_comfy_latent)
+from tests.golden import GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
 from tests.synthetic_photo import make_photo
 
 # -- preprocessing (spec §6.1) ------------------------------------------------------------------------------------
@@ -125,3 +128,210 @@ def test_latent_preview_is_the_sd_projection():
     preview = latent_preview(latent)
     assert preview.shape == (2, 3, 3, 3)
     torch.testing.assert_close(preview[0, 0, 0], (torch.tensor([0.3512, 0.2297, 0.3227]) + 1) / 2)
+
+
+# -- the whole path through the tiny models ----------------------------------------------------------------------
+
+SAMPLING_RUNS = "sampling/sampling_runs.json"
+
+
+def _runs():
+    try:
+        index = load_json(SAMPLING_RUNS)
+    except pytest.skip.Exception:
+        return ["<missing golden folder>"]
+    return sorted(k for k in index if not k.startswith("_"))
+
+
+_MODELS: dict = {}
+
+
+def _tiny_model(variant: str):
+    """The golden tiny model of a variant, built from its YAML and loaded strictly (cached per test session)."""
+    if variant not in _MODELS:
+        from cami2v_core.model import load_model
+
+        config = require(GOLDEN_DIR / "configs" / f"{variant}_tiny.yaml")
+        _MODELS[variant] = load_model(golden_state_dict(variant), config=config, dtype="fp32")
+    return _MODELS[variant]
+
+
+def _caption() -> str:
+    """The fixture caption (with the demo suffix): the first prompt of the encoder fixture (golden README §9)."""
+    with safe_open(str(require(GOLDEN_DIR / "encoders" / "encoders.safetensors")), "pt") as f:
+        return json.loads(f.metadata()["prompts"])[0]
+
+
+def _inputs_for(run: str, rec: dict) -> dict:
+    """The run's own inputs, or those of the run whose conditioning it shares (README §7 'Other runs')."""
+    if "input.image_u8" in rec:
+        return rec
+    for other in _runs():
+        other_rec = load_tensors(f"sampling/{other}.safetensors")
+        if "input.image_u8" in other_rec and "cond.posterior_noise" in other_rec:
+            return other_rec
+    pytest.fail(f"no run of {SAMPLING_RUNS} stores the inputs that {run} shares")
+
+
+def _replay(run: str, batch_branches: bool = True, calls: list | None = None):
+    index = load_json(SAMPLING_RUNS)
+    settings = index[run]["settings"]
+    rec = load_tensors(f"sampling/{run}.safetensors")
+    inputs = _inputs_for(run, rec)
+    variant = run.split("_")[0]
+    model = _tiny_model(variant)
+    steps = settings["ddim_steps"]
+    draws = Draws(posterior_noise=inputs["cond.posterior_noise"],
+                  pair_t=inputs["camera.pair_t_after_perturbation"] if model.config.epipolar is not None else None,
+                  x_T=rec["x_T"], step_noise=[rec[f"step{i}.ddim_noise_raw"] for i in range(steps)])
+    seen = []
+    if calls is not None:
+        original = model.apply_model
+
+        def counting(x_t, t, context, c_concat, fs, camera=None):
+            calls.append((x_t.shape[0], camera is None, context))
+            return original(x_t, t, context, c_concat, fs, camera=camera)
+
+        model.apply_model = counting
+    try:
+        final = sample_latent(
+            model, inputs["input.image_u8"].numpy(), inputs["input.w2c"][0].numpy(), None, _caption(),
+            settings["negative_prompt"], steps=steps, cfg_text=settings["unconditional_guidance_scale"],
+            cfg_camera=settings["camera_cfg"], camera_schedule=settings["camera_cfg_scheduler"],
+            guidance_rescale=settings["guidance_rescale"], eta=settings["ddim_eta"],
+            spacing=settings["timestep_spacing"], frame_stride=int(inputs["input.frame_stride"][0]),
+            cond_frame_index=settings["cond_frame_index"][0], trace_scale=settings["trace_scale_factor"],
+            callback=seen.append, draws=draws, batch_branches=batch_branches)
+    finally:
+        if calls is not None:
+            del model.apply_model
+    return rec, inputs, seen, final
+
+
+def _close(actual, expected, rel=1e-4):
+    """Golden README §11: sampling latents within 1e-4 · max|ref| per tensor."""
+    atol = rel * float(expected.abs().max()) + 1e-7
+    err = float((actual.float() - expected).abs().max())
+    assert err <= atol, f"max abs error {err:.3g} > {atol:.3g}"
+
+
+@pytest.mark.parametrize("run", _runs())
+def test_golden_run_is_reproduced_step_by_step(run):
+    """Every x_t, pred_x0, x_prev and the final latent of every golden sampling run, through the whole pipeline."""
+    rec, _, seen, final = _replay(run)
+    steps = load_json(SAMPLING_RUNS)[run]["settings"]["ddim_steps"]
+    assert [info.i for info in seen] == list(range(steps))
+    for info in seen:
+        i = info.i
+        assert info.t == int(rec[f"step{i}.t"][0])
+        _close(info.x_t, rec[f"step{i}.x_t"])
+        _close(info.outputs["cond"], rec[f"step{i}.e_cond"])
+        _close(info.pred_x0, rec[f"step{i}.pred_x0"])
+        _close(info.x_prev, rec[f"step{i}.x_prev"])
+    _close(final, rec["final_latent"])
+
+
+def test_golden_conditioning_and_call_order_unbatched():
+    """Branch by branch (no batching): the contexts, c_concat and the UNet call order of the original."""
+    run = "cami2v_ddim4_eta0_cam2"
+    index = load_json(SAMPLING_RUNS)
+    if run not in index:
+        pytest.fail(f"{run} is not in {SAMPLING_RUNS}")
+    calls: list = []
+    rec, inputs, seen, final = _replay(run, batch_branches=False, calls=calls)
+    cond_ctx, uncond_ctx = inputs["cond.c_crossattn"], inputs["uncond.c_crossattn"]
+    names = []
+    for batch, no_camera, context in calls:
+        assert batch == 1
+        if no_camera:
+            names.append("nocam")
+            _close(context, cond_ctx, 1e-5)
+        elif torch.allclose(context, cond_ctx, atol=1e-5, rtol=0):
+            names.append("cond")
+        else:
+            _close(context, uncond_ctx, 1e-5)
+            names.append("uncond")
+    assert names == index[run]["apply_model_call_order"]
+    _close(final, rec["final_latent"])
+
+
+def _orbit_w2c(frames: int = 8) -> np.ndarray:
+    """A small orbit: yaw up to 20° about a point 2 units ahead (w2c, OpenCV axes)."""
+    w2c = []
+    for a in np.radians(np.linspace(0, 20, frames)):
+        c2w = np.eye(4)
+        c2w[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        c2w[:3, 3] = [-2 * np.sin(a), 0, 2 - 2 * np.cos(a)]
+        w2c.append(np.linalg.inv(c2w))
+    return np.stack(w2c)
+
+
+def _count_calls(model, **kwargs):
+    """(UNet calls as (batch, without camera) per call, latent) of one sample_latent run on a photo-like picture."""
+    calls = []
+    original = model.apply_model
+
+    def counting(x_t, t, context, c_concat, fs, camera=None):
+        calls.append((x_t.shape[0], camera is None))
+        return original(x_t, t, context, c_concat, fs, camera=camera)
+
+    model.apply_model = counting
+    try:
+        latent = sample_latent(model, make_photo(90, 120, seed=11), _orbit_w2c(), None, "a valley", "blurry",
+                               steps=2, seed=3, **kwargs)
+    finally:
+        del model.apply_model
+    return calls, latent
+
+
+@pytest.mark.parametrize("kwargs,per_step", [
+    (dict(cfg_text=1.0), [(1, False)]),
+    (dict(cfg_text=5.0), [(2, False)]),
+    (dict(cfg_text=5.0, cfg_image=2.0), [(3, False)]),
+    (dict(cfg_text=5.0, cfg_image=1.0), [(2, False)]),
+    (dict(cfg_text=5.0, cfg_camera=2.0), [(2, False), (1, True)]),
+    (dict(cfg_text=5.0, cfg_camera=2.0, batch_branches=False), [(1, False), (1, False), (1, True)]),
+])
+def test_each_branch_costs_exactly_its_unet_pass(kwargs, per_step):
+    calls, _ = _count_calls(_tiny_model("cami2v"), **kwargs)
+    assert calls == per_step * 2
+
+
+def test_equal_scales_are_the_single_scale_run_and_batching_changes_nothing():
+    model = _tiny_model("cami2v")
+    _, joint = _count_calls(model, cfg_text=4.0)
+    _, same = _count_calls(model, cfg_text=4.0, cfg_image=4.0)
+    assert torch.equal(joint, same)
+    _, unbatched = _count_calls(model, cfg_text=4.0, batch_branches=False)
+    _close(unbatched, joint, 1e-5)
+
+
+def test_seed_repeats_and_offload_keeps_the_result():
+    model = _tiny_model("cami2v")
+    a = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=21)
+    b = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=21, offload=True)
+    c = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=22)
+    assert a.shape == (8, 64, 64, 3) and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_frame_index_and_pose_count_are_refused():
+    model = _tiny_model("cami2v")
+    with pytest.raises(PipelineError, match="frame index"):
+        sample_latent(model, make_photo(64, 64), _orbit_w2c(), steps=1, cond_frame_index=8)
+    with pytest.raises(PipelineError, match="has 5 poses"):
+        sample_latent(model, make_photo(64, 64), _orbit_w2c(5), steps=1)
+
+
+def test_decode_in_chunks_matches_the_golden_vae():
+    """decode_latent = (VAE decode clamped to [-1,1] + 1)/2, whatever the chunk size (golden README §8)."""
+    model = _tiny_model("cami2v")
+    rec = load_tensors("vae/vae_tiny.safetensors")
+    latent, ref = rec["decode_input_latent_scaled"], rec["decode_output"]
+    if latent.ndim == 5:
+        ref = ref.permute(0, 2, 1, 3, 4).flatten(0, 1)  # b c t h w -> (b t) c h w
+    want = ((ref.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    for chunk in (1, 3, 64):
+        got = decode_latent(model, latent, chunk_size=chunk)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
