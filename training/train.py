@@ -150,7 +150,8 @@ def model_config_from_section(section) -> ModelConfig:
     """The ModelConfig of a config's `model` section: preset + overrides (+ scale factor from a VAE file)."""
     section = OmegaConf.create(section) if isinstance(section, dict) else section
     base = resolve_config(section.get("preset", "cami2v-256")).to_dict()
-    overrides = OmegaConf.to_container(section.get("overrides") or {}, resolve=True)
+    raw = section.get("overrides")
+    overrides = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw or {})
     merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overrides)))
     merged["image_size"] = tuple(merged["image_size"])
     cfg = ModelConfig.from_dict(merged)
@@ -238,6 +239,11 @@ def initialise(model: CamI2VModel, init: str | None, parts: list[str]) -> None:
                     p.zero_()
                 elif ".cc_projection." in name and model.variant == "cameractrl":
                     p.zero_()
+                elif ".cc_projection." in name and model.variant == "motionctrl":
+                    # MotionCtrl's projection of [features, RT] starts as the identity on the features
+                    p.zero_()
+                    if p.dim() == 2:
+                        p[:, :p.shape[0]].copy_(torch.eye(p.shape[0], dtype=p.dtype))
 
 
 # -- the loss -----------------------------------------------------------------------------------------------------
