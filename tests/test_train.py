@@ -241,3 +241,22 @@ def test_initialise_zeroes_new_camera_outputs(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in base_sd.items())
     zeroed = [k for k in sd if ".pluker_projection." in k or ".epipolar.epipolar_attn.to_out." in k]
     assert zeroed and all(not sd[k].any() for k in zeroed)
+
+
+def test_motion_estimators_recover_a_known_shift():
+    import numpy as np
+
+    from training.check_motion import clip_motion, global_flow, phase_correlation
+    rng = np.random.default_rng(0)
+    big = rng.random((96, 96))
+    big = (big + np.roll(big, 1, 0) + np.roll(big, 1, 1) + np.roll(big, (1, 1), (0, 1))) / 4  # smoother texture
+    a = big[16:80, 16:80]
+    b = big[16 - 1:80 - 1, 16 - 3:80 - 3]  # content moved 3 px right and 1 px down
+    dx, dy = phase_correlation(a, b)
+    assert dx == pytest.approx(3, abs=0.3) and dy == pytest.approx(1, abs=0.3)
+    small = big[16:80, 16 - 1:80 - 1]  # 1 px right: within the linear range of the gradient method
+    u, v = global_flow(a, small)
+    assert u > 0.5 and abs(v) < 0.3
+    frames = np.stack([big[16:80, 16 - k:80 - k] for k in range(4)])[..., None].repeat(3, -1) * 255
+    m = clip_motion(frames)
+    assert m["pc_dx"] == pytest.approx(3, abs=0.3) and m["lk_dx"] > 1.5
