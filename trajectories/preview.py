@@ -15,6 +15,7 @@ from .trajectory import Trajectory, _finite_number
 
 # Anchors of the viridis colour map (purple -> blue -> green -> yellow), interpolated linearly: frame 0 is purple.
 _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64)
+MAX_FRUSTUMS = 12
 _SUPERSAMPLE = 2  # draw at twice the size and downscale: Pillow's lines are not antialiased
 _BACKGROUND = (255, 255, 255)
 _INK = (40, 40, 40)
@@ -58,7 +59,7 @@ def draw_path(trajectory: Trajectory, size: tuple[int, int] = (960, 480), title:
     font = _font(13 * s)
     centres = trajectory.relative(0).positions
     extent = float(np.ptp(centres, axis=0).max()) if len(trajectory) > 1 else 0.0
-    depth = 0.25 * extent if extent > 1e-9 else 1.0
+    depth = 0.15 * extent if extent > 1e-9 else 1.0
     corners = frustum_corners(trajectory, depth)
     header = 22 * s if title else 0
     bar = 34 * s
@@ -103,10 +104,11 @@ def _draw_view(draw, box, label, centres2d, corners2d, font, s):
     draw.line([(x0 + margin / 2, oy), (x1 - margin / 2, oy)], fill=_GRID, width=s)
     draw.line([(ox, top), (ox, y1 - margin / 2)], fill=_GRID, width=s)
     draw.text((x0 + 8 * s, y0 + 2 * s), label, fill=_INK, font=font)
-    if len(centres2d) > 1:
-        draw.line([px(p) for p in centres2d], fill=(150, 150, 150), width=s)
     count = len(centres2d)
-    for t in range(count):
+    for t in range(count - 1):  # the path of the camera centre, coloured by time
+        draw.line([px(centres2d[t]), px(centres2d[t + 1])], fill=time_colour(t / max(count - 2, 1)), width=2 * s)
+    step = -(-count // MAX_FRUSTUMS)  # at most about MAX_FRUSTUMS frustums, always the first and the last
+    for t in sorted(set(range(0, count, step)) | {count - 1}):
         colour = time_colour(t / (count - 1) if count > 1 else 0.0)
         c = px(centres2d[t])
         quad = [px(p) for p in corners2d[t]]
