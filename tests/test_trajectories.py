@@ -447,8 +447,10 @@ def test_load_presets_by_name_and_refuses_unknown_sources(tmp_path):
     assert tj.load("Orbit_Left").allclose(tj.load("orbit left"))
     with pytest.raises(TrajectoryError, match="not a preset name.*Presets: zoom in"):
         tj.load("orbit sideways")
-    with pytest.raises(TrajectoryError, match="not a preset name"):
+    with pytest.raises(TrajectoryError, match="pose file .*nope.json' not found"):
         tj.load(str(tmp_path / "nope.json"))
+    with pytest.raises(TrajectoryError, match="pose file .*nope.txt not found"):
+        tj.load(tmp_path / "nope.txt")
     with pytest.raises(TrajectoryError, match="cannot read a camera path from int"):
         tj.load(3)
 
@@ -468,3 +470,20 @@ def test_oversized_and_non_utf8_files_are_refused(tmp_path):
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + _path(2).to_json().encode())  # Windows editors add a byte-order mark
     assert len(tj.load(bom)) == 2
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+def test_command_line_lists_converts_and_draws(tmp_path, capsys):
+    from trajectories.__main__ import main
+    assert main(["list"]) == 0
+    assert "rotate anti-clockwise" in capsys.readouterr().out
+    out = tmp_path / "orbit.json"
+    assert main(["convert", "orbit left", "--frames", "8", "--ratio", "1", "--out", str(out)]) == 0
+    assert tj.load(out).allclose(tj.preset("orbit left", frames=8, ratio=1.0), atol=1e-12)
+    assert main(["convert", str(out), "--to", "realestate10k"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 9
+    assert main(["show", str(out), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert main(["convert", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err

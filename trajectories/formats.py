@@ -416,6 +416,8 @@ def load(source) -> Trajectory:
         return parse_text(read_text(source))
     if stripped and _looks_numeric(stripped):
         return parse_text(source)
+    if Path(stripped).suffix.lower() in (".json", ".txt") or os.sep in stripped:
+        raise TrajectoryError(f"pose file {stripped[:200]!r} not found")
     from .presets import PRESETS
     raise TrajectoryError(f"{source[:80]!r} is not a preset name, an existing pose file, or pose text. Presets: "
                           f"{', '.join(PRESETS)}")
