@@ -487,3 +487,15 @@ def test_command_line_lists_converts_and_draws(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert main(["convert", str(tmp_path / "missing.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_the_json_example_in_the_user_docs_loads():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "trajectories.md"
+    blocks = [b.split("\n", 1)[1] for b in docs.read_text().split("```")[1::2] if b.startswith("json")]
+    assert blocks, "docs/trajectories.md shows a pose JSON example"
+    for block in blocks:
+        path = tj.load(block)
+        np.testing.assert_allclose(path.positions, [[0, 0, 0], [0, 0, 0.5], [0, 0, 1]], atol=1e-12)
+        assert path.aspect == 1.7778
+        assert path.intrinsics[2, 0] == pytest.approx(35 / 36)
+        assert path.intrinsics[0, 0] == pytest.approx(0.5 / math.tan(math.radians(35)))
