@@ -15,7 +15,7 @@ import numpy as np
 
 from . import geometry
 from .errors import TrajectoryError
-from .trajectory import Trajectory, _finite_number
+from .trajectory import Trajectory, finite_number
 
 Easing = Callable[[np.ndarray], np.ndarray]
 
@@ -32,7 +32,7 @@ def bezier(a: float = 0.5, b: float = 0.5) -> Easing:
 
     Evaluated exactly (bisection on x), where the demo interpolated linearly between its frame samples.
     """
-    a, b = _finite_number(a, "a"), _finite_number(b, "b")
+    a, b = finite_number(a, "a"), finite_number(b, "b")
     if not (0 <= a <= 1 and 0 <= b <= 1):
         raise TrajectoryError(f"Bézier control x values must lie in [0, 1], found a={a}, b={b}", field="ease")
 
@@ -125,7 +125,7 @@ def orbit(direction: str = "left", degrees: float = 90.0, distance: float = 3.0,
     its -y/+y around the horizontal (x) axis. The point stays on the principal ray in every frame.
     """
     _choice(direction, ORBIT_DIRECTIONS, "direction")
-    degrees, distance = _finite_number(degrees, "degrees"), _finite_number(distance, "distance")
+    degrees, distance = finite_number(degrees, "degrees"), finite_number(distance, "distance")
     if distance <= 0:
         raise TrajectoryError(f"the orbit radius must be > 0, found {distance}", field="distance")
     angle = degrees * progress(frames, ease)
@@ -146,12 +146,12 @@ def pan(direction: str = "right", distance: float = 1.0, frames: int = 16, ease:
     ahead of its start (the demo's pan up/down turn so, by up to atan(1/10) = 5.7°).
     """
     _choice(direction, tuple(PAN_DIRECTIONS), "direction")
-    distance = _finite_number(distance, "distance")
+    distance = finite_number(distance, "distance")
     centres = np.outer(distance * progress(frames, ease), PAN_DIRECTIONS[direction])
     if target_distance is None:
         rotation = np.broadcast_to(np.eye(3), (len(centres), 3, 3))
     else:
-        target_distance = _finite_number(target_distance, "target_distance")
+        target_distance = finite_number(target_distance, "target_distance")
         if target_distance <= 0:
             raise TrajectoryError(f"must be > 0, found {target_distance}", field="target_distance")
         target = np.array([0.0, 0.0, target_distance])
@@ -169,7 +169,7 @@ def zoom(direction: str = "in", distance: float = 1.0, frames: int = 16, ease: s
     For a change of focal length instead, see `focal_zoom`.
     """
     _choice(direction, ZOOM_DIRECTIONS, "direction")
-    distance = _finite_number(distance, "distance")
+    distance = finite_number(distance, "distance")
     sign = 1.0 if direction == "in" else -1.0
     centres = np.outer(sign * distance * progress(frames, ease), (0.0, 0.0, 1.0))
     return from_motion(start, geometry.rigid(np.broadcast_to(np.eye(3), (len(centres), 3, 3)), centres))
@@ -184,7 +184,7 @@ def focal_zoom(factor: float = 2.0, frames: int = 16, ease: str | Easing = "line
     The focal length grows geometrically (factor ** progress) so the apparent zoom speed is even. The demo
     ignores trajectory intrinsics (spec §6.1): this reaches the model only with trajectory intrinsics switched on.
     """
-    factor = _finite_number(factor, "factor")
+    factor = finite_number(factor, "factor")
     if factor <= 0:
         raise TrajectoryError(f"the zoom factor must be > 0, found {factor}", field="factor")
     e = progress(frames, ease)
@@ -199,7 +199,7 @@ def look(yaw_deg: float = 0.0, pitch_deg: float = 0.0, frames: int = 16, ease: s
     Yaw is about the start camera's vertical axis and pitch about the turned camera's x axis, so the horizon
     stays level.
     """
-    yaw, pitch = _finite_number(yaw_deg, "yaw_deg"), _finite_number(pitch_deg, "pitch_deg")
+    yaw, pitch = finite_number(yaw_deg, "yaw_deg"), finite_number(pitch_deg, "pitch_deg")
     e = progress(frames, ease)
     rotation = geometry.rot_y(yaw * e) @ geometry.rot_x(pitch * e)
     return from_motion(start, geometry.rigid(rotation, np.zeros((len(e), 3))))
@@ -213,7 +213,7 @@ def tilt(degrees: float = 30.0, frames: int = 16, ease: str | Easing = "linear",
 def roll(degrees: float = 90.0, frames: int = 16, ease: str | Easing = "linear", start=None) -> Trajectory:
     """Roll about the optical axis; + turns the picture anti-clockwise on screen (the demo's "rotate
     anti-clockwise"), - clockwise -> [frames] poses."""
-    degrees = _finite_number(degrees, "degrees")
+    degrees = finite_number(degrees, "degrees")
     e = progress(frames, ease)
     return from_motion(start, geometry.rigid(geometry.rot_z(degrees * e), np.zeros((len(e), 3))))
 

@@ -14,7 +14,7 @@ import numpy as np
 from . import geometry
 from .builders import Easing, frame_count, progress
 from .errors import TrajectoryError
-from .trajectory import Trajectory, _finite_number
+from .trajectory import Trajectory, finite_number
 
 METHODS = ("slerp", "lerp")
 
@@ -66,7 +66,7 @@ def demo_resample(trajectory: Trajectory, frames: int = 16, ratio: float = 1.0) 
     """The demo's "ratio" (trace_extract_ratio, spec §6.5 step 3): round(frames / ratio) element-wise lerped
     samples over the whole path, of which the first `frames` are kept -> [frames] poses."""
     frames = frame_count(frames)
-    ratio = _finite_number(ratio, "ratio")
+    ratio = finite_number(ratio, "ratio")
     if ratio <= 0:
         raise TrajectoryError(f"ratio must be > 0 (the fraction of the path the frames cover), found {ratio}",
                               field="ratio")
@@ -86,7 +86,7 @@ def ease(trajectory: Trajectory, easing: str | Easing = "ease_in_out", method: s
 
 def speed(trajectory: Trajectory, factor: float, method: str = "slerp") -> Trajectory:
     """Play the path `factor` times faster (fewer frames) or slower (more), endpoints kept -> round((T-1)/factor)+1."""
-    factor = _finite_number(factor, "factor")
+    factor = finite_number(factor, "factor")
     if factor <= 0:
         raise TrajectoryError(f"speed factor must be > 0, found {factor}", field="factor")
     steps = len(trajectory) - 1

@@ -23,8 +23,8 @@ import numpy as np
 
 from . import geometry
 from .errors import TrajectoryError
-from .trajectory import (INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, _finite_number,
-                         default_intrinsics)
+from .trajectory import (INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, check_aspect,
+                         default_intrinsics, finite_number)
 
 JSON_FORMAT = "cami2v-trajectory"
 JSON_VERSION = 1
@@ -73,7 +73,7 @@ def _pose_rows(poses, what: str) -> list[list[float]]:
         if len(row) != POSE_VALUES:
             raise TrajectoryError(f"has {len(row)} numbers; a {what.split()[0]} pose has {POSE_VALUES}: t, fx, fy, cx, "
                                   f"cy, pose_w, pose_h and the 3x4 world-to-camera matrix row-major", f, "pose")
-        rows.append([_finite_number(v, _slot_name(i), f) for i, v in enumerate(row)])
+        rows.append([finite_number(v, _slot_name(i), f) for i, v in enumerate(row)])
     return rows
 
 
@@ -193,9 +193,7 @@ def from_json(source) -> Trajectory:
     for key in ("name", "description"):
         if key in data and not isinstance(data[key], str):
             raise TrajectoryError(f"expected text, found {type(data[key]).__name__}", field=key)
-    aspect = _finite_number(data["aspect"], "aspect") if "aspect" in data else 1.0
-    if aspect <= 0:
-        raise TrajectoryError(f"the pose aspect (width / height) must be > 0, found {aspect}", field="aspect")
+    aspect = check_aspect(data["aspect"]) if "aspect" in data else 1.0
     default = _intrinsics(data["intrinsics"], aspect, None, "intrinsics") if "intrinsics" in data else None
     frames = data.get("frames")
     if not isinstance(frames, list):
@@ -286,7 +284,7 @@ def _matrix(value, f: int, field: str) -> np.ndarray:
             raise TrajectoryError(f"expected 12 or 16 numbers row-major (or a list of rows), found {len(value)} "
                                   f"values", f, field)
         flat = value
-    numbers = np.array([_finite_number(v, field, f) for v in flat])
+    numbers = np.array([finite_number(v, field, f) for v in flat])
     m = np.eye(4)
     m[:len(numbers) // 4] = numbers.reshape(-1, 4)
     return m
@@ -295,7 +293,7 @@ def _matrix(value, f: int, field: str) -> np.ndarray:
 def _vector(value, f: int, field: str) -> np.ndarray:
     if not isinstance(value, list) or len(value) != 3:
         raise TrajectoryError(f"expected 3 numbers [x, y, z], found {_kind(value)}", f, field)
-    return np.array([_finite_number(v, field, f) for v in value])
+    return np.array([finite_number(v, field, f) for v in value])
 
 
 def _kind(value) -> str:
@@ -310,7 +308,7 @@ def _intrinsics(obj, aspect: float, f: int | None, field: str) -> np.ndarray:
         raise TrajectoryError(f"expected an object such as {{\"fov_x_deg\": 60}} or {{\"fx\": 0.5, \"fy\": 0.5}}, "
                               f"found {type(obj).__name__}", f, field)
     _no_unknown_keys(obj, _INTRINSIC_KEYS, f, field)
-    num = {k: _finite_number(v, f"{field}.{k}", f) for k, v in obj.items()}
+    num = {k: finite_number(v, f"{field}.{k}", f) for k, v in obj.items()}
     ways = [k for k in ("fx", "fov_x_deg", "fov_y_deg", "focal_mm") if k in num]
     if "fy" in num and "fx" not in num:
         ways.append("fy")

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import TrajectoryError
-from .trajectory import Trajectory, _finite_number
+from .trajectory import Trajectory, finite_number
 
 # Anchors of the viridis colour map (purple -> blue -> green -> yellow), interpolated linearly: frame 0 is purple.
 _VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64)
@@ -144,7 +144,7 @@ def warp_preview(image, trajectory: Trajectory, plane_depth: float = 2.0, size: 
     """
     if not isinstance(trajectory, Trajectory):
         raise TrajectoryError(f"warp_preview needs a Trajectory, found {type(trajectory).__name__}")
-    depth = _finite_number(plane_depth, "plane_depth")
+    depth = finite_number(plane_depth, "plane_depth")
     if depth <= 0:
         raise TrajectoryError(f"the picture plane must be ahead of the camera (> 0), found {depth}",
                               field="plane_depth")
@@ -176,7 +176,7 @@ def warp_preview(image, trajectory: Trajectory, plane_depth: float = 2.0, size: 
 
 def _rgb_array(image, size) -> np.ndarray:
     """Any supported picture -> uint8 [H,W,3] with the long side `size`."""
-    size = int(_finite_number(size, "size"))
+    size = int(finite_number(size, "size"))
     if not 16 <= size <= 4096:
         raise TrajectoryError(f"size must be between 16 and 4096 pixels, found {size}", field="size")
     if hasattr(image, "detach"):
@@ -216,7 +216,7 @@ def save_animation(frames: list[Image.Image], path, fps: float = 8.0) -> None:
     """Write frames as a looping GIF."""
     if not frames:
         raise TrajectoryError("no frames to save")
-    fps = _finite_number(fps, "fps")
+    fps = finite_number(fps, "fps")
     if fps <= 0:
         raise TrajectoryError(f"fps must be > 0, found {fps}", field="fps")
     frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=int(round(1000 / fps)), loop=0)

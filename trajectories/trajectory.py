@@ -55,7 +55,7 @@ class Trajectory:
     aspect: float = 1.0
 
     def __post_init__(self):
-        aspect = _check_aspect(self.aspect)
+        aspect = check_aspect(self.aspect)
         w2c = _check_w2c(self.w2c)
         intrinsics = _check_intrinsics(self.intrinsics, len(w2c), aspect)
         w2c.setflags(write=False)
@@ -101,7 +101,7 @@ class Trajectory:
 
     def scaled(self, factor: float) -> "Trajectory":
         """Camera centres x factor: the demo's "scale" (trace_scale_factor) applied to every relative pose (§6.3)."""
-        factor = _finite_number(factor, "scale")
+        factor = finite_number(factor, "scale")
         w2c = self.w2c.copy()
         w2c[:, :3, 3] *= factor
         return Trajectory(w2c, self.intrinsics, self.aspect)
@@ -154,7 +154,7 @@ class Trajectory:
 
 # -- validation (the one place) --------------------------------------------------------------------------------
 
-def _finite_number(value, field: str, frame: int | None = None) -> float:
+def finite_number(value, field: str, frame: int | None = None) -> float:
     """A real number (not bool) that is finite, as float; TrajectoryError otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TrajectoryError(f"expected a number, found {_describe(value)}", frame, field)
@@ -172,8 +172,8 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
-def _check_aspect(aspect) -> float:
-    aspect = _finite_number(aspect, "aspect")
+def check_aspect(aspect) -> float:
+    aspect = finite_number(aspect, "aspect")
     if aspect <= 0:
         raise TrajectoryError(f"the pose aspect (width / height) must be > 0, found {aspect}", field="aspect")
     return aspect
@@ -237,7 +237,7 @@ def _check_rotations(w2c: np.ndarray) -> np.ndarray:
                 f"{'a reflection' if det[0] < 0 else 'proper'}; all frames must share one handedness", f, "w2c")
         warnings.warn("every pose of this path is a reflection (det -1), as in some original demo pose files; "
                       "re-expressed in a mirrored world (world x negated). Relative poses, which are all the model "
-                      "uses, are unchanged.", TrajectoryWarning, stacklevel=4)
+                      "uses, are unchanged.", TrajectoryWarning, stacklevel=5)
         w2c[:] = w2c @ _MIRROR_X
         rot = w2c[:, :3, :3]
     repair = err > RIGID_KEEP_TOL
@@ -249,7 +249,7 @@ def _check_rotations(w2c: np.ndarray) -> np.ndarray:
         w2c[frames, :3, 3] = -np.einsum("tij,tj->ti", fixed, centres)
         warnings.warn(f"frames {frames[:8].tolist()}{'...' if len(frames) > 8 else ''}: rotation blocks were up to "
                       f"{err[frames].max():.3g} away from orthonormal (kept as is up to {RIGID_KEEP_TOL}); replaced "
-                      f"by the nearest rotations, camera centres kept", TrajectoryWarning, stacklevel=4)
+                      f"by the nearest rotations, camera centres kept", TrajectoryWarning, stacklevel=5)
     return w2c
 
 
