@@ -126,7 +126,7 @@ def _prepare_uint8(u8: torch.Tensor, height: int, width: int) -> PreparedImage:
 
 def intrinsics_from_normalized(intrinsics, prepared: PreparedImage) -> torch.Tensor:
     """Normalised (fx, fy, cx, cy) [T,4] -> pixel K [T,3,3] the way the dataset path scales them (spec §6.1)."""
-    norm = torch.as_tensor(np.asarray(intrinsics, dtype=np.float64)).float()
+    norm = torch.as_tensor(np.array(intrinsics, dtype=np.float64)).float()
     if norm.ndim != 2 or norm.shape[-1] != 4:
         raise PipelineError(f"intrinsics must be [T,4] normalised (fx, fy, cx, cy); got shape {tuple(norm.shape)}")
     (rh, rw), (height, width) = prepared.resized_hw, prepared.size
@@ -152,7 +152,7 @@ def trajectory_arrays(trajectory) -> tuple[np.ndarray, np.ndarray | None]:
 
 def check_w2c(w2c, frames: int) -> torch.Tensor:
     """Validate per-frame world-to-camera matrices [T,4,4] (or [T,3,4]) for a T-frame model -> float32 [1,T,4,4]."""
-    w2c = torch.as_tensor(np.asarray(w2c, dtype=np.float64))
+    w2c = torch.as_tensor(np.array(w2c, dtype=np.float64))
     if w2c.ndim == 4 and w2c.shape[0] == 1:
         w2c = w2c[0]
     if w2c.ndim != 3 or w2c.shape[-2:] not in ((4, 4), (3, 4)):
