@@ -98,13 +98,167 @@ def _add_convert(sub) -> None:
     p.set_defaults(func=_convert)
 
 
+# -- generate ------------------------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage message)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _load_camera(spec: str, frames: int, ratio: float | None):
+    """A trajectory with exactly `frames` poses from a preset name, a pose JSON or a RealEstate10K text file."""
+    import trajectories
+
+    name = trajectories.find_preset(spec)
+    if name is not None:
+        # Presets are built for the model's frame count directly, with the demo's ratio slider (spec §6.5).
+        kwargs = {} if ratio is None else {"ratio": ratio}
+        return trajectories.preset(name, frames=frames, **kwargs)
+    trajectory = trajectories.load(spec)
+    if len(trajectory) != frames:
+        # The model makes a fixed number of frames: spread them evenly over the whole path.
+        print(f"note: the camera path has {len(trajectory)} poses; resampling it to the model's {frames} frames",
+              file=sys.stderr)
+        trajectory = trajectories.resample(trajectory, frames)
+    return trajectory
+
+
+def _generate(args) -> int:
+    import torch
+
+    from . import pipeline
+    from .bundled import bundled_model_path
+    from .model import load_model
+    from .sampling import SamplingError
+    from .video_io import VIDEO_SUFFIXES, MediaError, read_image, write_video
+
+    user_errors = (pipeline.PipelineError, SamplingError, MediaError)
+    try:
+        from trajectories import TrajectoryError
+
+        user_errors += (TrajectoryError,)
+    except ImportError:  # trajectories/ is not installed beside cami2v_core: none of its errors can occur
+        pass
+    try:
+        # Cheap checks first, so a typo never waits for a model to load.
+        out = Path(args.out)
+        if out.suffix.lower() not in VIDEO_SUFFIXES:
+            raise MediaError(f"--out must end in {', '.join(VIDEO_SUFFIXES)}; got {str(out)!r}")
+        if out.suffix.lower() == ".mp4":
+            try:
+                import av  # noqa: F401
+            except ImportError:
+                raise MediaError("writing .mp4 needs PyAV, which is not installed: `pip install av`, or use "
+                                 "--out with .gif or .webp") from None
+        if not out.parent.exists():
+            raise MediaError(f"the output folder {str(out.parent)!r} does not exist; create it first")
+        image = read_image(args.image)
+        ckpt = args.ckpt or bundled_model_path()
+        if ckpt is None:
+            raise MediaError("no --ckpt given and this install has no bundled tiny model; pass --ckpt with a "
+                             "CamI2V / CameraCtrl / MotionCtrl / DynamiCrafter checkpoint")
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = args.dtype or ("fp16" if torch.device(device).type == "cuda" else "fp32")
+        model = load_model(ckpt, device=device, dtype=dtype, config=args.config)
+        trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
+
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, desc="sampling", unit="step", file=sys.stderr)
+
+        def progress(info):
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            frames = pipeline.generate(
+                model, image, trajectory, args.prompt, args.negative_prompt,
+                use_trajectory_intrinsics=args.pose_intrinsics, decode_chunk=args.decode_chunk, offload=args.offload,
+                steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image, cfg_camera=args.cfg_camera,
+                camera_schedule=args.camera_schedule, guidance_rescale=args.rescale, eta=args.eta, seed=args.seed,
+                frame_stride=args.frame_stride, cond_frame_index=args.cond_frame, trace_scale=args.trace_scale,
+                callback=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        write_video(frames, out, fps=args.fps)
+    except user_errors as e:
+        if os.environ.get("CAMI2V_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except torch.OutOfMemoryError:
+        if os.environ.get("CAMI2V_DEBUG"):
+            raise
+        print("error: out of GPU memory; try --offload, --dtype fp16 or --device cpu", file=sys.stderr)
+        return EXIT_USAGE
+    h, w = frames.shape[1:3]
+    print(f"wrote {out} ({frames.shape[0]} frames, {w}x{h}, seed {args.seed})")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    from .pipeline import DEMO_NEGATIVE_PROMPT
+    from .sampling import CAMERA_SCHEDULES
+
+    p = sub.add_parser("generate", help="image + camera path + prompt -> video (.gif / .webp / .mp4)",
+                       description="Generate a camera-controlled video from one picture. Without --ckpt the bundled "
+                                   "tiny model is used. Defaults follow the CamI2V demo (spec §7.6).")
+    p.add_argument("--image", required=True, help="input picture (PNG, JPEG, WebP, ...), any size and aspect ratio")
+    p.add_argument("--camera", required=True,
+                   help="camera path: a preset name, a pose .json or a RealEstate10K .txt; resampled to the "
+                        "model's frame count when it has a different number of poses")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="for a preset: fraction of the demo's path the video covers (default 0.1, the demo's; "
+                        "the README gallery uses 0.6-0.8)")
+    p.add_argument("--prompt", default="", help="what the video shows")
+    p.add_argument("--negative-prompt", default=DEMO_NEGATIVE_PROMPT,
+                   help="unconditional text for guidance (default: the demo's negative prompt; '' = the trainer's)")
+    p.add_argument("--out", required=True, help="output video: .gif or .webp (Pillow), .mp4 (needs PyAV)")
+    p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, .pt, .ckpt); default: bundled tiny model")
+    p.add_argument("--config", default=None,
+                   help="preset name or original YAML, for checkpoints whose model cannot be detected")
+    p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
+    p.add_argument("--cfg-text", type=float, default=7.5, help="text guidance scale (default 7.5)")
+    p.add_argument("--cfg-image", type=float, default=None,
+                   help="image guidance scale (default: same as --cfg-text, the original's joint scale)")
+    p.add_argument("--cfg-camera", type=float, default=1.0,
+                   help="camera guidance scale; 1 = off (the released setting), > 1 adds a no-camera pass")
+    p.add_argument("--camera-schedule", choices=CAMERA_SCHEDULES, default="constant",
+                   help="camera guidance weight over time (default constant)")
+    p.add_argument("--rescale", type=float, default=0.7, help="guidance rescale phi in [0, 1] (default 0.7)")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta: 1 = stochastic (released), 0 = deterministic")
+    p.add_argument("--seed", type=int, default=12333, help="random seed (default 12333, the demo's)")
+    p.add_argument("--frame-stride", type=_positive_int, default=None,
+                   help="frame stride conditioning: larger = more motion (default: the model's)")
+    p.add_argument("--trace-scale", type=float, default=1.0, help="multiply the camera path's translations")
+    p.add_argument("--cond-frame", type=int, default=0, help="index of the frame the picture becomes (default 0)")
+    p.add_argument("--pose-intrinsics", action="store_true",
+                   help="use the camera file's intrinsics instead of the demo's 90-degree default")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="weights dtype (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--offload", action="store_true",
+                   help="keep encoders and VAE on the CPU while the UNet samples (less GPU memory)")
+    p.add_argument("--decode-chunk", type=_positive_int, default=4, help="frames per VAE decode call (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of `python -m cami2v_core`."""
     parser = argparse.ArgumentParser(prog="python -m cami2v_core",
                                      description="CamI2V camera-controlled image-to-video: checkpoint tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # `generate` (image + prompt + trajectory -> video through cami2v_core.pipeline) belongs here as
-    # `_add_generate(sub)`, declared like the two below.
+    _add_generate(sub)
     _add_inspect(sub)
     _add_convert(sub)
     return parser
