@@ -8,11 +8,16 @@ one sequence per video of L = t*h*w tokens in frame-major order, `b (t h w) c`.
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from .attention import attention, merge_heads, split_heads
+from .epipolar_sparse import GATHER_COST_FACTOR, MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, \
+    gathered_attention
 
 # epipolar_config switches of the original that change the branch and that no released model uses (golden README §2);
 # a config that turns one on is refused instead of silently computing something else.
@@ -22,6 +27,35 @@ UNSUPPORTED_SWITCHES = ("apply_epipolar_soft_mask", "epipolar_hybrid_attention",
 # building in camera.py, the model class) or are inert.
 _OWN_KEYS = ("origin_h", "num_register_tokens", "attention_resolution", "is_3d_full_attn", "compression_factor")
 _CONFIG_KEYS_ELSEWHERE = ("origin_w", "add_small_perturbation_on_zero_T", "soft_mask_temperature", "pluker_add_type")
+
+# How a masked epipolar attention runs: "auto" gathers the allowed keys when the cost model says it is cheaper
+# (large, sparse masks: the 256 model's 32x32 and 16x16 levels), "gathered" always does, "dense" never does (the
+# reference path: one SDPA call over all L x (R+L) pairs). Both give the same result up to float round-off.
+KERNELS = ("auto", "gathered", "dense")
+_kernel = os.environ.get("CAMI2V_EPIPOLAR_KERNEL", "auto")
+
+
+def set_kernel(name: str) -> None:
+    """Choose how masked epipolar attention runs for the whole process: one of KERNELS."""
+    global _kernel
+    if name not in KERNELS:
+        raise ValueError(f"epipolar kernel must be one of {', '.join(KERNELS)}, got {name!r}")
+    _kernel = name
+
+
+def get_kernel() -> str:
+    """The epipolar kernel in force (see KERNELS)."""
+    if _kernel not in KERNELS:
+        raise ValueError(f"CAMI2V_EPIPOLAR_KERNEL must be one of {', '.join(KERNELS)}, got {_kernel!r}")
+    return _kernel
+
+
+def _may_gather(mask) -> bool:
+    """Whether a mask could take the gathered path (then its register columns are never padded densely)."""
+    if isinstance(mask, EpipolarBlockMask):
+        return True
+    kernel = get_kernel()
+    return kernel == "gathered" or (kernel == "auto" and mask.shape[-2] >= MIN_SPARSE_TOKENS)
 
 
 def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_height: int) -> torch.Tensor | None:
@@ -36,8 +70,13 @@ def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_he
 
 
 def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
-    """bool [B, L, L] -> [B, L, R+L] with the R register columns always True (spec §4.3)."""
-    if num_register_tokens == 0:
+    """bool [B, L, L] -> [B, L, R+L] with the R register columns always True (spec §4.3).
+
+    A mask that may take the gathered path (`EpipolarBlockMask`, or a large one under the "auto"/"gathered"
+    kernels) is returned as it is: that path adds the registers itself, and the padded copy would be as big as the
+    mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call.
+    """
+    if num_register_tokens == 0 or _may_gather(mask):
         return mask
     registers = mask.new_ones(mask.shape[0], mask.shape[1], num_register_tokens)
     return torch.cat([registers, mask], dim=-1)
@@ -62,8 +101,10 @@ class RegisterTokenAttention(nn.Module):
         nn.init.zeros_(self.to_out[0].weight)
         nn.init.zeros_(self.to_out[0].bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, C], mask bool [B, L, R+L] (True = attend) or None -> [B, L, C]."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | EpipolarBlockMask | None = None) -> torch.Tensor:
+        """x [B, L, C], mask bool [B, L, R+L] (True = attend), EpipolarBlockMask or None -> [B, L, C]."""
+        if isinstance(mask, EpipolarBlockMask):
+            return self._forward_gathered(x, mask)
         context = x
         if self.num_register_tokens > 0:
             registers = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
@@ -75,6 +116,19 @@ class RegisterTokenAttention(nn.Module):
             mask = mask.unsqueeze(1)  # [B, 1, L, R+L]: a broadcast view over heads, never a per-head copy
         out = attention(q, k, v, mask=mask)  # default scale dim_head^-0.5, as the original's SDPA call
         return self.to_out(merge_heads(out))
+
+    def _forward_gathered(self, x: torch.Tensor, blocks: EpipolarBlockMask) -> torch.Tensor:
+        """The same attention with only the allowed pairs scored (epipolar_sparse.py). x [B, L, C] -> [B, L, C]."""
+        b, length, _ = x.shape
+        inner = self.to_q.weight.shape[0]
+        # one GEMM for q, k and v: the three read the same tokens, and one wide GEMM runs faster than three
+        qkv = F.linear(x, torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]))  # [B, L, 3*inner]
+        q, k, v = (t.view(b, length, self.heads, -1) for t in qkv.split(inner, dim=-1))
+        registers = self.register_tokens[0].to(x.dtype)  # [R, C]
+        register_k = self.to_k(registers).view(self.num_register_tokens, self.heads, -1)
+        register_v = self.to_v(registers).view(self.num_register_tokens, self.heads, -1)
+        out = gathered_attention(q, k, v, register_k, register_v, blocks.to(x.device))  # [B, L, h, d]
+        return self.to_out(out.reshape(b, length, inner))
 
 
 class EpipolarAttention(nn.Module):
@@ -112,15 +166,35 @@ class EpipolarAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """x [(B h w), T, C] + mask bool [B, L, L] or [B, L, R+L] (L = T*h*w) or None (unmasked) -> [(B h w), T, C]."""
         hw = x.shape[0] // batch_size
+        frames = x.shape[1]
         tokens = rearrange(x, "(b hw) t c -> b (t hw) c", b=batch_size)  # frame-major, then y, then x (§4.3)
         if self.is_3d_full_attn:
             mask = None
         if mask is not None:
-            mask = self._check_mask(mask, batch_size, tokens.shape[1]).to(tokens.device)
+            mask = self._choose_kernel(mask, batch_size, tokens.shape[1], frames, tokens.device)
         out = self.epipolar_attn(tokens, mask)
         return rearrange(out, "b (t hw) c -> (b hw) t c", hw=hw)
 
-    def _check_mask(self, mask: torch.Tensor, batch_size: int, length: int) -> torch.Tensor:
+    def _choose_kernel(self, mask, batch_size: int, length: int, frames: int, device):
+        """The mask in the form the chosen kernel takes: EpipolarBlockMask (gathered) or bool [B, L, R+L]."""
+        if isinstance(mask, EpipolarBlockMask):
+            if mask.batch_size != batch_size or mask.length != length or mask.frames != frames:
+                raise ValueError(f"epipolar block mask is for batch {mask.batch_size}, {mask.frames} frames, "
+                                 f"{mask.length} tokens but this block has batch {batch_size}, {frames} frames, "
+                                 f"{length} tokens: build it from masks of the same image size, frames and batch")
+            if self.num_register_tokens == 0:
+                return self._check_mask(mask.to_dense(), batch_size, length).to(device)
+            return mask
+        kernel = get_kernel()
+        if self.num_register_tokens > 0 and mask.dtype == torch.bool and _may_gather(mask):
+            self._check_mask(mask, batch_size, length, pad=False)
+            blocks = cached_block_mask(mask, frames, self.num_register_tokens, device=device)
+            # below this many scored pairs the gathered path is faster than dense SDPA (docs/performance.md)
+            if kernel == "gathered" or blocks.scored_fraction * GATHER_COST_FACTOR < 1:
+                return blocks
+        return self._check_mask(mask, batch_size, length).to(device)
+
+    def _check_mask(self, mask: torch.Tensor, batch_size: int, length: int, pad: bool = True) -> torch.Tensor:
         if mask.dtype != torch.bool:
             raise TypeError(f"epipolar mask must be a bool tensor (True = attend), got dtype {mask.dtype}")
         full = length + self.num_register_tokens
@@ -129,10 +203,11 @@ class EpipolarAttention(nn.Module):
             raise ValueError(f"epipolar mask has shape {list(mask.shape)} but this block needs [{batch_size}, {length}, "
                              f"{length}] (batch, T*h*w, T*h*w) or [{batch_size}, {length}, {full}] with the register "
                              f"columns: build the masks for the same image size, frame count and batch as the latent")
-        if mask.shape[2] == length:
-            mask = pad_register_columns(mask, self.num_register_tokens)
+        if pad and mask.shape[2] == length and self.num_register_tokens > 0:
+            registers = mask.new_ones(mask.shape[0], mask.shape[1], self.num_register_tokens)
+            mask = torch.cat([registers, mask], dim=-1)
         return mask
 
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "lookup_mask", "pad_register_columns",
-           "UNSUPPORTED_SWITCHES"]
+           "UNSUPPORTED_SWITCHES", "KERNELS", "set_kernel", "get_kernel"]

@@ -1,0 +1,410 @@
+"""Epipolar attention that skips the pairs the mask excludes (issue 8); same softmax, far fewer scores.
+
+At 256x256 only ~4% of the (query, key) pairs of the 32x32 level lie on an epipolar band (8% at 16x16), yet the
+dense branch scores all of them: 2.17 of the 7.12 TFLOP of a CamI2V UNet forward. The camera does not change while
+sampling, so each mask is turned once into gathered blocks and reused by every layer, step and guidance branch:
+
+* Per key frame j, the queries (of all frames) with at least one key in j are sorted by the first and the last key
+  cell of their band in j. Bands that enter and leave frame j at the same cells lie on nearly the same line, so runs
+  of `group_size` consecutive queries share most of their keys. Each run is a group; its keys are the union of its
+  members' bands (1.2-1.9x the keys a member needs on orbit, pan and zoom paths; up to 4x for a static camera,
+  whose perturbed lines have a random orientation per frame pair, spec §4.4.6).
+* Groups of similar union size are padded to one size and attended in one call: [members] x [union keys] with the
+  group's small boolean mask. Each call gives a softmax over one key frame; the pieces are merged through their
+  log-sum-exp (as flash attention merges key blocks), starting from the register tokens that every query sees.
+
+The softmax runs over exactly the keys the dense mask allows, so the result equals the dense masked attention up to
+float round-off (tests/test_epipolar_sparse.py holds the dense reference against every path here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Cost model for choosing dense or gathered attention per mask (see docs/performance.md for the measurements):
+# a gathered score costs about this many dense scores (gathers, merges, small blocks), and below this many tokens
+# the dense kernel wins outright.
+GATHER_COST_FACTOR = 3.0
+MIN_SPARSE_TOKENS = 2048
+
+
+@dataclass
+class KeyFrameBlock:
+    """Groups of one key frame padded to one union size: the unit of one attention call.
+
+    `query_index` [G, Q] holds the members' token indices (L marks a padding slot), `key_index` [G, U] the union's
+    token indices (padding slots point at a real key and are masked off), `mask` [G, Q, U] says which union key
+    each member attends (True = attend).
+    """
+
+    key_frame: int
+    query_index: torch.Tensor
+    key_index: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device) -> "KeyFrameBlock":
+        """The same block on `device`."""
+        return KeyFrameBlock(self.key_frame, self.query_index.to(device), self.key_index.to(device),
+                             self.mask.to(device))
+
+
+@dataclass
+class BlockLayout:
+    """The gathered form of one [L, L] epipolar mask: its blocks plus the counts the cost model needs."""
+
+    length: int
+    frames: int
+    blocks: list
+    allowed: int        # True entries of the mask (query-key pairs the softmax runs over)
+    scored: int         # pairs the blocks score, padding included
+
+    @property
+    def device(self) -> torch.device:
+        """Where the index tensors are."""
+        return self.blocks[0].mask.device if self.blocks else torch.device("cpu")
+
+    def to(self, device) -> "BlockLayout":
+        """The same layout on `device`."""
+        return BlockLayout(self.length, self.frames, [b.to(device) for b in self.blocks], self.allowed, self.scored)
+
+
+class EpipolarBlockMask:
+    """A batch of epipolar masks [B, L, L] in gathered form; batch elements with the same mask share one layout.
+
+    Build it once per trajectory with `from_dense` (or let `EpipolarAttention` build and cache it from the dense
+    mask); `repeat_batch` and `to` are cheap, so guidance branches and devices reuse the same layouts.
+    """
+
+    def __init__(self, layouts: list, batch_map: list):
+        if not layouts or any(not 0 <= i < len(layouts) for i in batch_map):
+            raise ValueError(f"batch_map {batch_map} must index the {len(layouts)} layouts")
+        self.layouts = layouts
+        self.batch_map = list(batch_map)
+
+    @classmethod
+    def from_dense(cls, mask: torch.Tensor, frames: int, num_register_tokens: int = 0, group_size: int = 64,
+                   block_rows: int = 16384) -> "EpipolarBlockMask":
+        """Bool mask [B, L, L] (or [B, L, R+L] with True register columns) of `frames` frames -> gathered form."""
+        mask = _strip_registers(mask, num_register_tokens)
+        layouts, batch_map, sources = [], [], []
+        for b in range(mask.shape[0]):
+            index = _find_same(mask[b], sources)
+            if index is None:
+                sources.append(mask[b])
+                layouts.append(build_layout(mask[b], frames, group_size, block_rows))
+                index = len(layouts) - 1
+            batch_map.append(index)
+        return cls(layouts, batch_map)
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return len(self.batch_map)
+
+    @property
+    def length(self) -> int:
+        """L = T*h*w tokens per video."""
+        return self.layouts[0].length
+
+    @property
+    def frames(self) -> int:
+        """T."""
+        return self.layouts[0].frames
+
+    @property
+    def shape(self) -> tuple:
+        """(B, L, L), the shape of the dense mask this stands for."""
+        return (self.batch_size, self.length, self.length)
+
+    @property
+    def density(self) -> float:
+        """Fraction of query-key pairs the mask allows (registers not counted)."""
+        allowed = sum(self.layouts[i].allowed for i in self.batch_map)
+        return allowed / (self.batch_size * self.length ** 2)
+
+    @property
+    def scored_fraction(self) -> float:
+        """Pairs the blocks score (padding included) over the dense L*L: the work left after skipping."""
+        scored = sum(self.layouts[i].scored for i in self.batch_map)
+        return scored / (self.batch_size * self.length ** 2)
+
+    def repeat_batch(self, n: int) -> "EpipolarBlockMask":
+        """The batch repeated n times ([m0, m1] -> [m0, m1, m0, m1]), sharing the layouts."""
+        return EpipolarBlockMask(self.layouts, self.batch_map * n)
+
+    def to(self, device) -> "EpipolarBlockMask":
+        """The same mask with its index tensors on `device` (itself when they are there already)."""
+        device = torch.device(device)
+        if all(layout.device == device for layout in self.layouts):
+            return self
+        return EpipolarBlockMask([layout.to(device) for layout in self.layouts], self.batch_map)
+
+    def to_dense(self) -> torch.Tensor:
+        """Bool [B, L, L] (for tests and debugging: this is the big tensor the gathered form avoids)."""
+        L = self.length
+        dense = []
+        for layout in self.layouts:
+            m = torch.zeros(L + 1, L, dtype=torch.bool, device=layout.blocks[0].mask.device if layout.blocks
+                            else None)
+            for block in layout.blocks:
+                g, q, u = block.mask.shape
+                rows = block.query_index[:, :, None].expand(g, q, u)
+                cols = block.key_index[:, None, :].expand(g, q, u)
+                m.index_put_((rows[block.mask], cols[block.mask]), torch.ones((), dtype=torch.bool, device=m.device))
+            dense.append(m[:L])
+        return torch.stack([dense[i] for i in self.batch_map])
+
+
+def _strip_registers(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
+    """[B, L, L] stays; [B, L, R+L] loses its register columns, which must all be True (spec §4.3)."""
+    if mask.dim() != 3 or mask.dtype != torch.bool:
+        raise ValueError(f"an epipolar mask must be a bool tensor [B, L, L], got {mask.dtype} {list(mask.shape)}")
+    L = mask.shape[1]
+    if mask.shape[2] == L:
+        return mask
+    if mask.shape[2] != L + num_register_tokens:
+        raise ValueError(f"epipolar mask has shape {list(mask.shape)}; expected [B, {L}, {L}] or [B, {L}, "
+                         f"{L + num_register_tokens}] with the {num_register_tokens} register columns first")
+    if not bool(mask[:, :, :num_register_tokens].all()):
+        raise ValueError("the register columns of an epipolar mask must all be True (every query sees the register "
+                         "tokens, spec §4.3); pass the mask without them")
+    return mask[:, :, num_register_tokens:]
+
+
+def _find_same(mask: torch.Tensor, sources: list) -> int | None:
+    """Index of a source with the same contents (views of one storage are found without comparing)."""
+    for i, src in enumerate(sources):
+        if (src.data_ptr() == mask.data_ptr() and src.stride() == mask.stride()) or torch.equal(src, mask):
+            return i
+    return None
+
+
+@torch.no_grad()
+def build_layout(mask: torch.Tensor, frames: int, group_size: int = 64, block_rows: int = 16384) -> BlockLayout:
+    """Bool [L, L] mask of `frames` frames (frame-major tokens) -> its gathered layout (see the module docstring).
+
+    `group_size` queries share one key union; a block holds groups of similar union size with at most about
+    `block_rows` key rows in all, which bounds the memory of one attention call.
+    """
+    L = mask.shape[-1]
+    if mask.shape != (L, L) or L % frames:
+        raise ValueError(f"mask must be [L, L] with L a multiple of frames={frames}, got {list(mask.shape)}")
+    n = L // frames
+    per_frame = mask.view(L, frames, n).view(torch.uint8)  # 0/1 bytes, no copy
+    blocks, allowed, scored = [], 0, 0
+    for j in range(frames):
+        band = per_frame[:, j]  # [L, n]: every query against the cells of key frame j
+        hits = band.amax(1).bool()
+        m = int(hits.sum())
+        if m == 0:
+            continue
+        allowed += int(torch.count_nonzero(band))
+        # first and last key cell of each band: equal pairs mean (nearly) the same epipolar line; rows without a
+        # key in this frame sort first and are dropped
+        first = band.argmax(1)
+        last = (n - 1) - band.flip(1).argmax(1)
+        signature = torch.where(hits, first * n + last, -1)
+        # Pool the queries of all frames (lines of different frames that coincide share keys), or keep each query
+        # frame apart (better when every frame pair has its own pencil of lines, e.g. a static camera): take the
+        # grouping that scores fewer pairs.
+        query_frame = torch.arange(L, device=mask.device) // n
+        best = None
+        for key in (signature, torch.where(hits, query_frame * n * n + signature, -1)):
+            rows = torch.argsort(key, stable=True)[L - m:]
+            grouped = _group(band, rows, group_size, L)
+            if best is None or int(grouped[3].sum()) < int(best[3].sum()):
+                best = grouped
+        members, query_index, union, sizes = best
+        # union cells first, in increasing cell order: column u of a group is its u-th union key
+        cells = torch.argsort(union, dim=1, descending=True, stable=True)
+        by_size = torch.argsort(sizes, stable=True)
+        for chunk in _split_by_rows(sizes[by_size].tolist(), block_rows):
+            pick = by_size[chunk]
+            u = int(sizes[pick].max())
+            key_cells = cells[pick, :u]  # [g, u]
+            block_mask = members[pick].gather(2, key_cells[:, None, :].expand(-1, group_size, -1)).bool()
+            blocks.append(KeyFrameBlock(j, query_index[pick], key_cells + j * n, block_mask))
+            scored += pick.numel() * group_size * u
+    return BlockLayout(L, frames, blocks, allowed, scored)
+
+
+def _group(band: torch.Tensor, rows: torch.Tensor, group_size: int, length: int):
+    """Runs of `group_size` consecutive `rows` of band [L, n] (uint8) -> members [G, Q, n], query_index [G, Q]
+    (padding = length), union [G, n], union sizes [G]."""
+    m, n = rows.numel(), band.shape[1]
+    groups = -(-m // group_size)
+    pad = groups * group_size - m
+    members = band.index_select(0, torch.cat([rows, rows[:1].expand(pad)]))  # [G*Q, n]
+    members[m:] = 0
+    members = members.view(groups, group_size, n)
+    query_index = torch.cat([rows, rows.new_full((pad,), length)]).view(groups, group_size)
+    union = members.amax(1)
+    return members, query_index, union, torch.count_nonzero(union, dim=1)
+
+
+def _split_by_rows(sizes: list, block_rows: int, spread: float = 1.25) -> list:
+    """Cut groups sorted by union size into runs padded to their largest size: a run ends when its padded key rows
+    would pass block_rows or its largest size would pass `spread` x its smallest (padding is wasted work)."""
+    chunks, start = [], 0
+    for i in range(1, len(sizes) + 1):
+        if i == len(sizes) or (i - start + 1) * sizes[i] > block_rows or sizes[i] > spread * sizes[start] + 8:
+            chunks.append(slice(start, i))
+            start = i
+    return chunks
+
+
+# -- building once per mask storage ------------------------------------------------------------------------------
+
+def cached_block_mask(mask: torch.Tensor, frames: int, num_register_tokens: int = 0, device=None,
+                      group_size: int = 64, block_rows: int = 16384) -> EpipolarBlockMask:
+    """The gathered form of a dense bool mask [B, L, L] or [B, L, R+L], built once per mask and reused.
+
+    The layouts are kept on the tensor that owns the mask's storage, so every layer, step and guidance branch that
+    receives this mask or a view of it (`expand` for a batch of branches) reuses them, and they are freed with the
+    mask. An in-place change of the mask (its version counter) triggers a rebuild. `device` is where the index
+    tensors go (default: the mask's device).
+    """
+    owner = mask if mask._base is None else mask._base
+    cache = owner.__dict__.setdefault("_cami2v_epipolar_layouts", {})
+    stripped = _strip_registers(mask, num_register_tokens)
+    device = torch.device(device) if device is not None else mask.device
+    layouts, batch_map, sources = [], [], []
+    for b in range(stripped.shape[0]):
+        element = stripped[b]
+        key = (element.data_ptr(), element.stride(), tuple(element.shape), frames, group_size, block_rows,
+               owner._version, str(device))
+        layout = cache.get(key)
+        if layout is None:
+            same = _find_same(element, sources)
+            if same is not None:
+                layout = layouts[same]
+            else:
+                layout = build_layout(element, frames, group_size, block_rows).to(device)
+            cache[key] = layout
+        index = next((i for i, known in enumerate(layouts) if known is layout), None)
+        if index is None:
+            layouts.append(layout)
+            sources.append(element)
+            index = len(layouts) - 1
+        batch_map.append(index)
+    return EpipolarBlockMask(layouts, batch_map)
+
+
+# -- attention --------------------------------------------------------------------------------------------------
+
+def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, register_k: torch.Tensor,
+                       register_v: torch.Tensor, blocks: EpipolarBlockMask, scale: float | None = None) -> torch.Tensor:
+    """Masked attention over [registers ; keys]: q, k, v [B, L, h, d], register_k/v [R, h, d] -> [B, L, h, d].
+
+    Equals softmax(q [reg; k]^T * scale, masked by `blocks` with the register columns always on) [reg; v].
+    """
+    B, L, h, d = q.shape
+    if blocks.batch_size != B or blocks.length != L:
+        raise ValueError(f"epipolar block mask is for batch {blocks.batch_size} x {blocks.length} tokens but the "
+                         f"tokens are [{B}, {L}]: build it from the masks of this latent size and batch")
+    if register_k.shape[0] == 0:
+        raise ValueError("gathered epipolar attention needs at least one register token (rows whose epipolar lines "
+                         "leave every frame would otherwise have an empty softmax); use the dense path")
+    scale = d ** -0.5 if scale is None else scale
+    out = q.new_empty(B, L, h, d)
+    for index, layout in enumerate(blocks.layouts):
+        members = [b for b, i in enumerate(blocks.batch_map) if i == index]
+        sel = slice(None) if len(members) == B else torch.tensor(members, device=q.device)
+        result = _layout_attention(q[sel], k[sel], v[sel], register_k, register_v, layout, scale)
+        out[sel] = result
+    return out
+
+
+def _layout_attention(q, k, v, register_k, register_v, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """q, k, v [b, L, h, d] sharing one layout -> [b, L, h, d]."""
+    b, L, h, d = q.shape
+    acc_dtype = _work_dtype(q.dtype)
+    # Running softmax state per query, started from the registers; row L takes the padding slots' results.
+    reg_scores = torch.einsum("blhd,rhd->blhr", q, register_k.to(q.dtype)).to(acc_dtype) * scale
+    acc_lse = torch.cat([reg_scores.logsumexp(-1), reg_scores.new_zeros(b, 1, h)], dim=1)  # [b, L+1, h]
+    acc_out = torch.einsum("blhr,rhd->blhd", reg_scores.softmax(-1), register_v.to(acc_dtype))
+    acc_out = torch.cat([acc_out, acc_out.new_zeros(b, 1, h, d)], dim=1)  # [b, L+1, h, d]
+    for block in layout.blocks:
+        g, n_q, n_k = block.mask.shape
+        rows = block.query_index.reshape(-1)
+        keys = block.key_index.reshape(-1)
+        qg = q.index_select(1, rows.clamp(max=L - 1)).view(b * g, n_q, h, d).transpose(1, 2)  # [b g, h, Q, d]
+        kg = k.index_select(1, keys).view(b * g, n_k, h, d).transpose(1, 2)  # [b g, h, U, d]
+        vg = v.index_select(1, keys).view(b * g, n_k, h, d).transpose(1, 2)
+        mask = block.mask[:, None]
+        if b > 1:
+            mask = mask.repeat(b, 1, 1, 1)
+        o, lse = attention_with_lse(qg, kg, vg, mask, scale)
+        o = o.transpose(1, 2).reshape(b, g * n_q, h, d)
+        lse = lse.transpose(1, 2).reshape(b, g * n_q, h)
+        # merge this key frame's softmax into the running one (a query appears at most once per key frame, so
+        # only padding slots repeat, and they all land in the unused row L)
+        prev_lse = acc_lse.index_select(1, rows)
+        new_lse = torch.logaddexp(prev_lse, lse)
+        merged = acc_out.index_select(1, rows)
+        merged.mul_((prev_lse - new_lse).exp_()[..., None]).addcmul_(o, (lse - new_lse).exp_()[..., None])
+        acc_out.index_copy_(1, rows, merged)
+        acc_lse.index_copy_(1, rows, new_lse)
+    return acc_out[:, :L].to(q.dtype)
+
+
+# -- one masked attention call that also returns the log-sum-exp -----------------------------------------------
+
+def attention_with_lse(q, k, v, mask, scale):
+    """q [N,h,Q,d], k/v [N,h,U,d], mask bool [N,1,Q,U] -> (out [N,h,Q,d], lse [N,h,Q]); every row needs a key.
+
+    lse is float32 for half inputs, else the input dtype."""
+    if q.device.type == "cpu" and _cpu_flash_works():
+        bias = torch.where(mask, 0.0, -math.inf).to(q.dtype)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
+                                                                              scale=scale)
+        return out, lse.to(_work_dtype(q.dtype))
+    return attention_with_lse_math(q, k, v, mask, scale)
+
+
+def attention_with_lse_math(q, k, v, mask, scale):
+    """The plain-maths version of `attention_with_lse`, in float32 for half inputs (any device)."""
+    work = _work_dtype(q.dtype)
+    scores = torch.matmul(q.to(work), k.to(work).transpose(-1, -2)).mul_(scale).masked_fill_(~mask, -math.inf)
+    lse = scores.logsumexp(-1)
+    probs = scores.sub_(lse[..., None]).exp_()
+    return torch.matmul(probs, v.to(work)).to(q.dtype), lse
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics stay in float32 for half inputs and in the input dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+_cpu_flash_state: dict = {}
+
+
+def _cpu_flash_works() -> bool:
+    """True when torch's CPU flash kernel (a private op that returns the log-sum-exp) exists and agrees with the
+    plain maths on a small masked case; checked once, so a torch release that changes the op falls back safely."""
+    if "ok" not in _cpu_flash_state:
+        ok = False
+        op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if op is not None:
+            try:
+                g = torch.Generator().manual_seed(0)
+                q, k, v = (torch.randn(3, 2, 5, 8, generator=g) for _ in range(3))
+                mask = torch.rand(3, 1, 5, 5, generator=g) > 0.5
+                mask[..., 0] = True
+                bias = torch.zeros(mask.shape).masked_fill_(~mask, -math.inf)
+                out, lse = op(q, k, v, 0.0, False, attn_mask=bias, scale=0.3)
+                ref_out, ref_lse = attention_with_lse_math(q.double(), k.double(), v.double(), mask, 0.3)
+                ok = (torch.allclose(out.double(), ref_out, atol=1e-5) and
+                      torch.allclose(lse.double(), ref_lse.double(), atol=1e-5))
+            except (RuntimeError, TypeError):  # missing overload or a changed signature: use the maths
+                ok = False
+        _cpu_flash_state["ok"] = ok
+    return _cpu_flash_state["ok"]
+
+
+__all__ = ["EpipolarBlockMask", "BlockLayout", "KeyFrameBlock", "build_layout", "cached_block_mask",
+           "gathered_attention",
+           "attention_with_lse", "attention_with_lse_math", "GATHER_COST_FACTOR", "MIN_SPARSE_TOKENS"]
