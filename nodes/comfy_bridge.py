@@ -159,3 +159,27 @@ def interruptible(module: torch.nn.Module):
     finally:
         for h in handles:
             h.remove()
+
+
+def input_dir() -> Path | None:
+    """ComfyUI's input folder (None without ComfyUI)."""
+    fp = _folder_paths()
+    return Path(fp.get_input_directory()) if fp is not None else None
+
+
+def output_dir() -> Path:
+    """ComfyUI's output folder, else ./output."""
+    fp = _folder_paths()
+    return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
+
+
+def unique_output_path(prefix: str, suffix: str) -> Path:
+    """output/<prefix>_00001<suffix>, numbered past existing files; refuses prefixes that leave the output folder."""
+    root = output_dir().resolve()
+    base = (root / prefix).resolve()
+    if root != base and root not in base.parents:
+        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a relative name")
+    n = 1
+    while (candidate := base.parent / f"{base.name}_{n:05d}{suffix}").exists():
+        n += 1
+    return candidate

@@ -1,0 +1,139 @@
+"""Model loader node: a CamI2V / CameraCtrl / MotionCtrl / DynamiCrafter checkpoint -> CAMI2V_MODEL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cami2v_core.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from cami2v_core.modules import attention
+
+from . import comfy_bridge
+
+BUNDLED_CHOICE = f"{BUNDLED_MODEL_NAME} (bundled)"
+HF_REPO = "MuteApo/CamI2V"
+# The authors' released files (spec §1.1); all are self-contained fp16 state dicts.
+RELEASE_FILES = ("256_cami2v.pt", "512_cami2v_50k.pt", "512_cami2v_100k.pt", "256_cameractrl.pt", "256_motionctrl.pt")
+NOT_DOWNLOADED = " (not downloaded)"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass
+class CamI2VModelHandle:
+    """What travels on a CAMI2V_MODEL wire: the model plus how the user wants it placed."""
+
+    model: torch.nn.Module
+    name: str
+    dtype: torch.dtype
+    attention: str
+    keep_loaded: bool
+
+    @property
+    def variant(self) -> str:
+        return self.model.config.variant
+
+
+def checkpoint_choices() -> list[str]:
+    """Loader choices: the bundled tiny model, local files, then release files not downloaded yet."""
+    local = comfy_bridge.list_model_files()
+    choices = [BUNDLED_CHOICE] if bundled_model_path() else []
+    choices += local
+    choices += [f + NOT_DOWNLOADED for f in RELEASE_FILES if f not in local]
+    return choices
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on CUDA (as the authors' demo), fp32 elsewhere; otherwise the named precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def resolve_checkpoint(ckpt_name: str, download_missing: bool):
+    """A loader choice -> a file path, downloading a release file only when the user allowed it."""
+    if ckpt_name == BUNDLED_CHOICE:
+        path = bundled_model_path()
+        if path is None:
+            raise ValueError("the bundled tiny model is missing from this install; reinstall the pack or pick a "
+                             "checkpoint from models/cami2v")
+        return path
+    name = ckpt_name[: -len(NOT_DOWNLOADED)] if ckpt_name.endswith(NOT_DOWNLOADED) else ckpt_name
+    path = comfy_bridge.find_model_file(name)
+    if path is not None:
+        return path
+    if name not in RELEASE_FILES:
+        raise ValueError(f"checkpoint {name!r} is not in {', '.join(map(str, comfy_bridge.model_dirs()))}; put the "
+                         f"file there and refresh the page")
+    if not download_missing:
+        raise ValueError(f"{name} is not downloaded yet. Either enable 'download_missing' on this node, or download "
+                         f"it from https://huggingface.co/{HF_REPO} into {comfy_bridge.model_dirs()[0]}")
+    return download_release(name)
+
+
+def download_release(name: str):
+    """Fetch one release file from the authors' Hugging Face repo into the model folder (opt-in only)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(HF_REPO, name, local_dir=str(comfy_bridge.download_dir()))
+    except Exception as e:  # offline, gated, disk full: all become one actionable message
+        raise RuntimeError(f"could not download {name} from https://huggingface.co/{HF_REPO} ({type(e).__name__}: "
+                           f"{e}). Check the network, or download it by hand into "
+                           f"{comfy_bridge.model_dirs()[0]}") from e
+
+
+class CamI2VModelLoader:
+    """Load a CamI2V-family checkpoint (variant and resolution detected from its keys)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "ckpt_name": (checkpoint_choices(), {"tooltip": "Checkpoint in models/cami2v (CamI2V 256/512, "
+                              "CameraCtrl, MotionCtrl, DynamiCrafter, or a model trained with training/). "
+                              "'(bundled)' is the tiny CPU demo model; '(not downloaded)' entries are the authors' "
+                              "release files."}),
+                "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Weight precision. auto = fp16 on "
+                              "GPU, fp32 on CPU. bf16 avoids fp16 overflow on recent GPUs."}),
+                "attention": (list(attention.BACKENDS), {"default": "auto", "tooltip": "Attention kernel. auto = "
+                              "xformers on CUDA when installed and working, else PyTorch SDPA. 'math' is the slow "
+                              "reference."}),
+                "keep_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the model on the GPU between runs "
+                                "(faster). Off: move it back to system RAM after each run and keep the encoders "
+                                "and VAE off the GPU while the UNet samples (less VRAM)."}),
+            },
+            "optional": {
+                "download_missing": ("BOOLEAN", {"default": False, "tooltip": f"Allow downloading a missing "
+                                     f"release file from huggingface.co/{HF_REPO} (several GB). Off by default."}),
+            },
+        }
+
+    RETURN_TYPES = ("CAMI2V_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded model with its variant (cami2v, cameractrl, motionctrl or dynamicrafter).",)
+    FUNCTION = "load"
+    CATEGORY = "CamI2V"
+    DESCRIPTION = ("Loads a CamI2V, CameraCtrl, MotionCtrl or DynamiCrafter checkpoint. The file holds the whole "
+                   "model (UNet, VAE, CLIP text and image encoders), so nothing else needs loading.")
+
+    def load(self, ckpt_name, precision="auto", attention="auto", keep_loaded=True, download_missing=False):
+        from cami2v_core import load_model
+
+        path = resolve_checkpoint(ckpt_name, download_missing)
+        dtype = resolve_dtype(precision, comfy_bridge.torch_device())
+        attention_backend_for(attention)  # validate now, not mid-sampling
+        model = load_model(path, device="cpu", dtype=dtype)
+        return (CamI2VModelHandle(model, str(ckpt_name), dtype, attention, bool(keep_loaded)),)
+
+
+def attention_backend_for(name: str) -> str:
+    """Validate an attention choice (raises with the choices) and return it."""
+    if name not in attention.BACKENDS:
+        raise ValueError(f"attention must be one of {', '.join(attention.BACKENDS)}; got {name!r}")
+    if name == "xformers" and not attention.xformers_available():
+        raise ValueError("attention 'xformers' needs xformers installed with a working CUDA kernel; pick 'auto' "
+                         "or 'sdpa'")
+    return name

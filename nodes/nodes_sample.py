@@ -1,0 +1,194 @@
+"""Sampler and decoder nodes: IMAGE + CAMERACTRL_POSES + prompts -> LATENT -> IMAGE frames."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from cami2v_core import pipeline
+from cami2v_core.modules import attention
+from cami2v_core.sampling import StepInfo
+from trajectories import Trajectory, TrajectoryError
+
+from . import comfy_bridge
+
+CAMERA_TYPE = "CAMERACTRL_POSES"
+CAMERA_SCHEDULES = ("constant", "cosine")
+SOURCE_FPS = 30.0  # RealEstate10K clips are ~30 fps; frame stride s plays back at 30/s fps (spec §8)
+
+
+def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """CAMERACTRL_POSES -> (w2c [T,4,4], normalised intrinsics [T,4]) for a model of `frames` frames."""
+    try:
+        traj = Trajectory.from_cameractrl_poses(camera)
+    except TrajectoryError as e:
+        raise ValueError(f"the camera input is not a valid CAMERACTRL_POSES list: {e}") from e
+    if len(traj.w2c) != frames:
+        raise ValueError(f"the camera path has {len(traj.w2c)} frames but this model makes {frames}; add a "
+                         f"'CamI2V Resample Camera' node set to {frames} frames between the camera and the sampler")
+    return np.asarray(traj.w2c), np.asarray(traj.intrinsics)
+
+
+def single_image(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE [1,H,W,C] -> [H,W,3]; refuse batches (the model animates one still)."""
+    if image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an IMAGE [B,H,W,3]; got shape {tuple(image.shape)}")
+    if image.shape[0] != 1:
+        raise ValueError(f"the sampler animates one picture but got a batch of {image.shape[0]}; pick one with an "
+                         f"'ImageFromBatch' node (batch_index, length 1)")
+    return image[0, ..., :3]
+
+
+@contextlib.contextmanager
+def placed(handle, device: torch.device):
+    """Put the model on `device` with the handle's attention backend; offload afterwards unless keep_loaded."""
+    previous = attention.get_backend()
+    attention.set_backend(handle.attention)
+    handle.model.to(device)
+    try:
+        yield handle.model
+    finally:
+        attention.set_backend(previous)
+        if not handle.keep_loaded:
+            handle.model.to(comfy_bridge.offload_device())
+
+
+class CamI2VSampler:
+    """Sample a camera-controlled video latent from one picture."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("CAMI2V_MODEL", {"tooltip": "From 'CamI2V Model Loader'."}),
+                "image": ("IMAGE", {"tooltip": "The still picture to animate (one image; any size, it is resized "
+                          "to cover the model resolution and centre-cropped)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the scene shows."}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": pipeline.DEMO_NEGATIVE_PROMPT,
+                                    "tooltip": "Used for the unconditional branch (empty = the training's empty "
+                                    "text)."}),
+                "seed": ("INT", {"default": 12333, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                         "tooltip": "Same seed, same video."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
+                "cfg_text": ("FLOAT", {"default": 5.5, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
+                             "guidance. Equal to cfg_image gives the original single-scale guidance (no extra "
+                             "pass)."}),
+                "cfg_image": ("FLOAT", {"default": 5.5, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
+                              "guidance. Different from cfg_text adds an image-only pass (slower)."}),
+                "cfg_camera": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
+                               "guidance; 1 = off (the paper's setting). Above 1 exaggerates the camera motion at "
+                               "the cost of one more pass per step."}),
+                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": "constant", "tooltip": "How camera "
+                                    "guidance is weighted over the steps: constant, or cosine (strong early, "
+                                    "fading at the end)."}),
+                "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
+                        "stochastic (the released setting), 0 = deterministic."}),
+                "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                     "Rescales the guided prediction's std to the conditional one (0.7 released; "
+                                     "0 = off)."}),
+                "frame_stride": ("INT", {"default": 2, "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
+                                 "larger = more motion between frames (demo 2, paper eval 8)."}),
+                "trace_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
+                                "Multiplies the camera translations (the demo's 'scale')."}),
+                "cond_frame": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Which output frame shows "
+                               "the input picture; the camera path is made relative to that frame."}),
+            },
+            "optional": {
+                "camera": (CAMERA_TYPE, {"tooltip": "Camera path from a CamI2V camera node (or any CameraCtrl "
+                           "pose node). Required for CamI2V/CameraCtrl/MotionCtrl; leave empty for "
+                           "DynamiCrafter."}),
+                "use_camera_intrinsics": ("BOOLEAN", {"default": False, "tooltip": "Use the focal lengths stored "
+                                          "in the camera path instead of the demo's 90-degree field of view."}),
+            },
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latent in ComfyUI's SD layout (frames on the batch axis, scaled by 0.18215).",)
+    FUNCTION = "sample"
+    CATEGORY = "CamI2V"
+    DESCRIPTION = ("Runs CamI2V's DDIM sampler with separate text, image and camera guidance. Decode the result "
+                   "with 'CamI2V Decode' (or ComfyUI's VAE Decode with a KL-f8 VAE).")
+
+    def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
+               camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,
+               use_camera_intrinsics=False):
+        net = model.model
+        frames = net.config.temporal_length
+        has_camera_input = net.config.camera is not None
+        if camera is None and has_camera_input:
+            raise ValueError(f"this {net.config.variant} model follows a camera path: connect a camera node "
+                             f"(e.g. 'CamI2V Camera Preset') to the sampler's camera input")
+        if camera is not None and not has_camera_input:
+            raise ValueError(f"this checkpoint is {net.config.variant}, which has no camera input, so the camera "
+                             f"path would be ignored; load a CamI2V, CameraCtrl or MotionCtrl checkpoint, or "
+                             f"disconnect the camera")
+        if not 0 <= cond_frame < frames:
+            raise ValueError(f"cond_frame must be between 0 and {frames - 1} for this {frames}-frame model; got "
+                             f"{cond_frame}")
+        picture = single_image(image)
+        if camera is not None:
+            w2c, intrinsics = camera_arrays(camera, frames)
+        else:
+            w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+        device = comfy_bridge.torch_device()
+        comfy_bridge.free_memory_for_sampling()
+        progress = comfy_bridge.Progress(steps)
+
+        def on_step(info: StepInfo):
+            comfy_bridge.check_interrupt()
+            progress.update(info.i + 1, preview_image(info))
+
+        with placed(model, device) as net, comfy_bridge.interruptible(net.model.diffusion_model):
+            latent = pipeline.sample_latent(
+                net, picture, w2c, intrinsics if use_camera_intrinsics else None, prompt, negative_prompt,
+                steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
+                camera_schedule=camera_schedule, guidance_rescale=guidance_rescale, eta=eta, seed=seed,
+                frame_stride=frame_stride, cond_frame_index=cond_frame, trace_scale=trace_scale, callback=on_step,
+                offload=not model.keep_loaded)
+        out = pipeline.to_comfy_latent(latent.float().cpu())
+        out["cami2v_frames"] = frames
+        out["cami2v_fps"] = max(1.0, round(SOURCE_FPS / frame_stride, 2))
+        return (out,)
+
+
+def preview_image(info: StepInfo):
+    """The first frame of the current denoised estimate as a small PIL image (cheap, no VAE)."""
+    from PIL import Image
+
+    rgb = pipeline.latent_preview(info.pred_x0[:1, :, :1].detach().float().cpu())[0]
+    return Image.fromarray((rgb.numpy() * 255).round().astype(np.uint8))
+
+
+class CamI2VDecode:
+    """Decode a CamI2V video latent into IMAGE frames."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("CAMI2V_MODEL", {"tooltip": "The model that sampled the latent (its VAE decodes)."}),
+                "latent": ("LATENT", {"tooltip": "From 'CamI2V Sampler'."}),
+                "frames_per_chunk": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at "
+                                     "once; lower it if decoding runs out of memory (the result is the same)."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "fps")
+    OUTPUT_TOOLTIPS = ("The video frames as an IMAGE batch.",
+                       "Playback frame rate matching the frame stride (30 / stride); feed it to CreateVideo.")
+    FUNCTION = "decode"
+    CATEGORY = "CamI2V"
+    DESCRIPTION = "Decodes a CamI2V latent with the checkpoint's own VAE, a few frames at a time."
+
+    def decode(self, model, latent, frames_per_chunk):
+        if not isinstance(latent, dict) or "samples" not in latent:
+            raise ValueError("expected a LATENT from 'CamI2V Sampler'")
+        samples = latent["samples"]
+        with placed(model, comfy_bridge.torch_device()) as net:
+            frames = pipeline.decode_latent(net, samples.to(net.device, net.dtype), frames_per_chunk,
+                                            offload=not model.keep_loaded)
+        return (frames, float(latent.get("cami2v_fps", 8.0)))

@@ -1,0 +1,219 @@
+"""Every node called directly (no ComfyUI): the golden tiny models are written to a temporary models folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import trajectories as tj
+from cami2v_core.checkpoint import CONFIG_METADATA_KEY, save_safetensors
+from cami2v_core.configs import from_yaml
+from nodes import NODE_CLASS_MAPPINGS as NODES
+from nodes import comfy_bridge
+from nodes.nodes_model import BUNDLED_CHOICE, NOT_DOWNLOADED, RELEASE_FILES
+from tests.golden import GOLDEN_DIR, golden_state_dict, require
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A models/cami2v folder holding the golden tiny CamI2V and MotionCtrl with their configs in the header."""
+    root = tmp_path_factory.mktemp("models")
+    for variant in ("cami2v", "motionctrl"):
+        config = from_yaml(require(GOLDEN_DIR / "configs" / f"{variant}_tiny.yaml"))
+        save_safetensors(golden_state_dict(variant), root / f"{variant}_tiny.safetensors",
+                         metadata={CONFIG_METADATA_KEY: config.to_json()})
+    return root
+
+
+@pytest.fixture(autouse=True)
+def standalone_folders(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(comfy_bridge, "STANDALONE_MODELS_DIR", models_dir)
+    monkeypatch.chdir(tmp_path)  # the standalone output folder is ./output
+
+
+@pytest.fixture(scope="module")
+def cami2v(models_dir):
+    comfy_bridge.STANDALONE_MODELS_DIR = models_dir
+    return NODES["CamI2VModelLoader"]().load("cami2v_tiny.safetensors", "fp32", "sdpa", True)[0]
+
+
+def picture(h=48, w=80):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, h, w, 3, generator=g)
+
+
+def widgets_defaults(node_id):
+    """The default of every widget input of a node (what a fresh node in the UI holds)."""
+    spec = NODES[node_id].INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        for name, (kind, *opts) in spec.get(section, {}).items():
+            opts = opts[0] if opts else {}
+            if isinstance(kind, list):
+                out[name] = opts.get("default", kind[0])
+            elif "default" in opts:
+                out[name] = opts["default"]
+    return out
+
+
+def test_every_node_has_tooltips_description_and_category():
+    for node_id, cls in NODES.items():
+        assert node_id.startswith("CamI2V")
+        spec = cls.INPUT_TYPES()
+        for section in spec.values():
+            for name, (kind, *opts) in section.items():
+                assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert cls.DESCRIPTION and cls.CATEGORY.startswith("CamI2V")
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+        assert hasattr(cls, cls.FUNCTION)
+
+
+def test_loader_lists_local_and_release_files(models_dir):
+    choices = NODES["CamI2VModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    assert "cami2v_tiny.safetensors" in choices and "motionctrl_tiny.safetensors" in choices
+    assert all(f + NOT_DOWNLOADED in choices for f in RELEASE_FILES)
+
+
+def test_loader_refuses_missing_release_without_download_permission():
+    with pytest.raises(ValueError, match="download_missing"):
+        NODES["CamI2VModelLoader"]().load("256_cami2v.pt" + NOT_DOWNLOADED, "auto", "auto", True, False)
+
+
+def test_loader_loads_variant_and_precision(cami2v):
+    assert cami2v.variant == "cami2v"
+    assert cami2v.model.config.temporal_length == 8
+    assert next(cami2v.model.parameters()).dtype == torch.float32
+
+
+def test_loader_rejects_a_non_cami2v_checkpoint(models_dir):
+    bad = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+           "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(49408, 768)}
+    save_safetensors(bad, models_dir / "sd15_like.safetensors")
+    with pytest.raises(ValueError) as err:
+        NODES["CamI2VModelLoader"]().load("sd15_like.safetensors", "fp32", "sdpa", True)
+    assert "Stable Diffusion" in str(err.value) or "expected" in str(err.value)
+
+
+def sample(handle, camera, **changes):
+    kwargs = widgets_defaults("CamI2VSampler")
+    kwargs.update(steps=STEPS, prompt="a cat", seed=7, **changes)
+    return NODES["CamI2VSampler"]().sample(handle, picture(), camera=camera, **kwargs)[0]
+
+
+def test_sampler_and_decoder_make_frames_that_follow_the_seed(cami2v):
+    camera = NODES["CamI2VCameraPreset"]().build("orbit left", 8, 0.6, 1.0)[0]
+    latent = sample(cami2v, camera)
+    assert latent["samples"].shape == (8, 4, 8, 8)
+    again = sample(cami2v, camera)
+    torch.testing.assert_close(latent["samples"], again["samples"], rtol=0, atol=0)
+    other = sample(cami2v, NODES["CamI2VCameraPreset"]().build("orbit right", 8, 0.6, 1.0)[0])
+    assert not torch.allclose(latent["samples"], other["samples"])  # the camera reaches the model
+    frames, fps = NODES["CamI2VDecode"]().decode(cami2v, latent, 3)
+    assert frames.shape == (8, 64, 64, 3) and 0 <= frames.min() and frames.max() <= 1
+    assert fps == pytest.approx(15.0)  # frame stride 2 -> 30/2
+
+
+def test_sampler_explains_wrong_frame_count(cami2v):
+    camera = NODES["CamI2VCameraPreset"]().build("orbit left", 16, 0.6, 1.0)[0]
+    with pytest.raises(ValueError, match="Resample"):
+        sample(cami2v, camera)
+
+
+def test_sampler_refuses_image_batches_and_missing_camera(cami2v):
+    camera = NODES["CamI2VCameraPreset"]().build("pan right", 8, 0.6, 1.0)[0]
+    kwargs = widgets_defaults("CamI2VSampler")
+    kwargs.update(steps=1)
+    with pytest.raises(ValueError, match="ImageFromBatch"):
+        NODES["CamI2VSampler"]().sample(cami2v, torch.rand(2, 32, 32, 3), camera=camera, **kwargs)
+    with pytest.raises(ValueError, match="connect a camera"):
+        NODES["CamI2VSampler"]().sample(cami2v, picture(), **kwargs)
+
+
+def test_camera_on_a_model_without_camera_input_is_refused(models_dir):
+    config = from_yaml(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml")).with_variant("dynamicrafter")
+    sd = golden_state_dict("motionctrl")
+    sd = {k: v for k, v in sd.items() if "cc_projection" not in k}
+    save_safetensors(sd, models_dir / "dc_tiny.safetensors", metadata={CONFIG_METADATA_KEY: config.to_json()})
+    handle = NODES["CamI2VModelLoader"]().load("dc_tiny.safetensors", "fp32", "sdpa", True)[0]
+    camera = NODES["CamI2VCameraPreset"]().build("pan right", 8, 0.6, 1.0)[0]
+    with pytest.raises(ValueError, match="no camera input"):
+        sample(handle, camera)
+    latent = sample(handle, None)  # without a camera it samples like DynamiCrafter
+    assert latent["samples"].shape == (8, 4, 8, 8)
+
+
+def test_motionctrl_samples_with_a_camera(models_dir):
+    handle = NODES["CamI2VModelLoader"]().load("motionctrl_tiny.safetensors", "fp32", "sdpa", False)[0]
+    camera = NODES["CamI2VCameraOrbit"]().build(frames=8, ease="linear", direction="right", degrees=20, distance=2)
+    latent = sample(handle, camera[0], cfg_camera=2.0)
+    assert torch.isfinite(latent["samples"]).all()
+
+
+@pytest.mark.parametrize("node_id, widgets", [
+    ("CamI2VCameraOrbit", dict(direction="up", degrees=20.0, distance=2.0)),
+    ("CamI2VCameraPan", dict(direction="left", distance=0.5)),
+    ("CamI2VCameraZoom", dict(mode="dolly out", amount=0.7)),
+    ("CamI2VCameraZoom", dict(mode="focal", amount=1.5)),
+    ("CamI2VCameraLook", dict(yaw_deg=15.0, pitch_deg=-5.0, roll_deg=10.0)),
+])
+def test_move_nodes_match_the_trajectory_builders_and_chain(node_id, widgets):
+    node = NODES[node_id]()
+    poses = node.build(frames=6, ease="linear", **widgets)[0]
+    path = tj.Trajectory.from_cameractrl_poses(poses)
+    assert len(path) == 6 and len(poses[0]) == 19
+    np.testing.assert_allclose(path.w2c[0], np.eye(4), atol=1e-9)  # a move starts at the identity camera
+    chained = tj.Trajectory.from_cameractrl_poses(node.build(frames=6, ease="linear", prev_poses=poses, **widgets)[0])
+    assert len(chained) == 11  # the second move continues from the last pose (shared pose dropped)
+    np.testing.assert_allclose(chained.w2c[5], path.w2c[5], atol=1e-9)
+
+
+def test_combine_retime_text_file_export_preview_round_trip(tmp_path):
+    orbit = NODES["CamI2VCameraOrbit"]().build(frames=8, ease="linear", direction="left", degrees=30.0,
+                                               distance=3.0)[0]
+    zoom = NODES["CamI2VCameraZoom"]().build(frames=8, ease="linear", mode="dolly in", amount=1.0)[0]
+    both = NODES["CamI2VCameraCombine"]().combine(orbit, zoom, "add")[0]
+    assert len(both) == 8
+    with pytest.raises(ValueError, match="frames"):
+        NODES["CamI2VCameraCombine"]().combine(orbit, zoom[:5], "add")
+    joined = NODES["CamI2VCameraCombine"]().combine(orbit, zoom, "concatenate")[0]
+    assert len(joined) == 15
+    fitted = NODES["CamI2VCameraRetime"]().retime(joined, 16, "slerp", "keep", False, False)[0]
+    assert len(fitted) == 16
+    np.testing.assert_allclose(fitted[-1][1:], joined[-1][1:], atol=1e-6)  # resampling keeps the end pose
+
+    result = NODES["CamI2VCameraExport"]().export(fitted, "cams/test")
+    path = result["ui"]["text"][0]
+    text = result["result"][1]
+    assert json.loads(open(path).read()) == json.loads(text)
+    second = NODES["CamI2VCameraExport"]().export(fitted, "cams/test")["ui"]["text"][0]
+    assert second != path  # never overwrites
+    loaded = NODES["CamI2VCameraLoadFile"]().load(path)[0]
+    np.testing.assert_allclose(np.array(loaded), np.array(fitted), atol=1e-6)
+    pasted = NODES["CamI2VCameraFromText"]().parse(text)[0]
+    np.testing.assert_allclose(np.array(pasted), np.array(fitted), atol=1e-6)
+    re10k = tmp_path / "clip.txt"
+    re10k.write_text(tj.Trajectory.from_cameractrl_poses(fitted).to_realestate10k())
+    np.testing.assert_allclose(np.array(NODES["CamI2VCameraLoadFile"]().load(str(re10k))[0]), np.array(fitted),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="no file"):
+        NODES["CamI2VCameraLoadFile"]().load("does/not/exist.json")
+    with pytest.raises(ValueError, match="outside the output folder"):
+        NODES["CamI2VCameraExport"]().export(fitted, "../../escape")
+
+    picture_out, frames = NODES["CamI2VCameraPreview"]().preview(fitted, picture(), 2.0)
+    assert picture_out.ndim == 4 and picture_out.shape[-1] == 3
+    assert frames.shape[0] == 16 and frames.shape[-1] == 3
+    # the first warped frame shows the picture itself (the camera has not moved yet)
+    assert frames[0].std() > 0.05
+
+
+def test_bad_pasted_text_names_the_problem():
+    with pytest.raises(ValueError, match="From Text"):
+        NODES["CamI2VCameraFromText"]().parse('{"frames": [{"w2c": [[1, 0, 0, 0]]}]}')
+    with pytest.raises(ValueError, match="empty"):
+        NODES["CamI2VCameraFromText"]().parse("   ")
