@@ -67,7 +67,8 @@ def image_to_uint8(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.array(image, copy=True))
     if not isinstance(image, torch.Tensor):
-        raise PipelineError(f"the image must be a PIL image, a numpy array or a torch tensor; got {type(image).__name__}")
+        raise PipelineError("the image must be a PIL image, a numpy array or a torch tensor; got "
+                            f"{type(image).__name__}")
     image = image.detach().cpu()
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]

@@ -152,7 +152,7 @@ def make_ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, eta: float = 1.
                              scale_arr)
 
 
-# -- guidance (spec §7.3, design.md §2) -------------------------------------------------------------------------------
+# -- guidance (spec §7.3, design.md §2) ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Guidance:
@@ -199,7 +199,7 @@ class Guidance:
 
 
 def camera_guidance_weight(t: torch.Tensor, schedule: str, num_train_timesteps: int = 1000):
-    """w(t) of camera CFG (spec §7.3): 1 ("constant") or cos((1 - t/(N-1))·π/2) ("cosine") -> float or [B,1,1,1,1]."""
+    """Camera-CFG weight w(t) (spec §7.3): 1 ("constant") or cos((1 - t/(N-1))·π/2) ("cosine") -> float | [B,1,1,1,1]."""
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -237,7 +237,7 @@ def combine_guidance(outputs: dict, guidance: Guidance, t: torch.Tensor | None =
 
 
 def rescale_guidance(e: torch.Tensor, e_cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """Guidance rescale (Lin et al. 2023 eq. 15-16; spec §7.3): match e's per-sample std to e_cond's. [B,...] -> same."""
+    """Guidance rescale (Lin et al. 2023 eq. 15-16; spec §7.3): e's per-sample std moved to e_cond's. [B,...] -> same."""
     dims = list(range(1, e.ndim))
     # Unbiased std (torch default), as the original.
     std_cond = e_cond.std(dim=dims, keepdim=True)
@@ -261,7 +261,7 @@ def eps_prediction(output: torch.Tensor, x: torch.Tensor, schedule: DDIMSchedule
 
 
 def v_prediction(output: torch.Tensor, x: torch.Tensor, schedule: DDIMSchedule, k: int):
-    """(eps, x0) from a v-predicting model's output: eps = √ᾱ·v + √(1-ᾱ)·x, x0 = √ᾱ·x - √(1-ᾱ)·v (spec §7.5)."""
+    """(eps, x0) from a v-model's output (spec §7.5): eps = √ᾱ·v + √(1-ᾱ)·x, x0 = √ᾱ·x - √(1-ᾱ)·v."""
     sqrt_abar = _full(schedule.sqrt_alphas_cumprod[k], x)
     sqrt_1m_abar = _full(schedule.sqrt_one_minus_alphas_cumprod[k], x)
     return sqrt_abar * output + sqrt_1m_abar * x, sqrt_abar * x - sqrt_1m_abar * output

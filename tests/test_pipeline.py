@@ -233,10 +233,13 @@ def test_golden_run_is_reproduced_step_by_step(run):
 
 def test_golden_conditioning_and_call_order_unbatched():
     """Branch by branch (no batching): the contexts, c_concat and the UNet call order of the original."""
-    run = "cami2v_ddim4_eta0_cam2"
     index = load_json(SAMPLING_RUNS)
-    if run not in index:
-        pytest.fail(f"{run} is not in {SAMPLING_RUNS}")
+    # The first run that stores its own conditioning and makes all three kinds of call.
+    candidates = [r for r in _runs() if "nocam" in index[r]["apply_model_call_order"]
+                  and "cond.c_crossattn" in load_tensors(f"sampling/{r}.safetensors")]
+    if not candidates:
+        pytest.fail(f"no run of {SAMPLING_RUNS} stores its conditioning and uses camera guidance")
+    run = candidates[0]
     calls: list = []
     rec, inputs, seen, final = _replay(run, batch_branches=False, calls=calls)
     cond_ctx, uncond_ctx = inputs["cond.c_crossattn"], inputs["uncond.c_crossattn"]

@@ -323,7 +323,7 @@ def test_eps_prediction_inverts_forward_process():
 
 
 def test_v_model_loop_applies_dynamic_rescale():
-    """One-step v sampling with a constant v output: x0 = (√ᾱ·x - √(1-ᾱ)·v)·s_prev/s, then the DDIM update."""
+    """Two v steps with a constant v: x0 = (√ᾱ·x - √(1-ᾱ)·v)·s_prev/s, then the DDIM update."""
     abar = schedule_alphas_cumprod(zero_terminal_snr=True)
     table = dynamic_rescale_table(0.7, 400, 1000)
     sched = make_ddim_schedule(abar, 2, eta=0.0, scale_arr=table)   # grid [499, 999]
