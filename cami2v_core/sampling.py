@@ -199,7 +199,7 @@ class Guidance:
 
 
 def camera_guidance_weight(t: torch.Tensor, schedule: str, num_train_timesteps: int = 1000):
-    """Camera-CFG weight w(t) (spec §7.3): 1 ("constant") or cos((1 - t/(N-1))·π/2) ("cosine") -> float | [B,1,1,1,1]."""
+    """Camera-CFG weight w(t) (spec §7.3): 1 ("constant") or cos((1 - t/(N-1))·π/2) ("cosine"): float | [B,1,1,1,1]."""
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -237,7 +237,7 @@ def combine_guidance(outputs: dict, guidance: Guidance, t: torch.Tensor | None =
 
 
 def rescale_guidance(e: torch.Tensor, e_cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """Guidance rescale (Lin et al. 2023 eq. 15-16; spec §7.3): e's per-sample std moved to e_cond's. [B,...] -> same."""
+    """Guidance rescale (Lin et al. 2023 eq. 15-16, spec §7.3): e's per-sample std moved to e_cond's. [B,...] -> same"""
     dims = list(range(1, e.ndim))
     # Unbiased std (torch default), as the original.
     std_cond = e_cond.std(dim=dims, keepdim=True)

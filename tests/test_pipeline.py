@@ -338,3 +338,25 @@ def test_decode_in_chunks_matches_the_golden_vae():
     for chunk in (1, 3, 64):
         got = decode_latent(model, latent, chunk_size=chunk)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_v_model_path_uses_zero_snr_dynamic_rescale_and_fps():
+    """A tiny model set up like the 512 models (v, zero terminal SNR, dynamic rescale, fps): the pipeline feeds the
+    sampler the model's schedule and scale table, and the fps condition floor(29.97 / stride) (spec §7.1, §7.5)."""
+    from cami2v_core.configs import PRESETS
+    from cami2v_core.model import build_model
+    from cami2v_core.pipeline import frame_condition
+
+    config = PRESETS["tiny"].replace(parameterization="v", rescale_betas_zero_snr=True, use_dynamic_rescale=True,
+                                     base_scale=0.7, fps_condition_type="fps")
+    torch.manual_seed(0)
+    model = build_model(config, dtype="fp32")
+    assert frame_condition(model, 6) == 4 and frame_condition(model, 2) == 14
+    assert float(model.alphas_cumprod[-1]) == 0.0
+    seen = []
+    sample_latent(model, make_photo(64, 64, seed=13), _orbit_w2c(), steps=2, cfg_text=1.0, seed=1, frame_stride=6,
+                  callback=seen.append)
+    # Step 0 is t = 999 where √ᾱ = 0: x0 = -v, moved from scale s(999) to the next step's s(499).
+    assert [info.t for info in seen] == [999, 499]
+    table = model.scale_arr
+    torch.testing.assert_close(seen[0].pred_x0, -seen[0].outputs["cond"] * float(table[499] / table[999]))
