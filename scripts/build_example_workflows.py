@@ -1,0 +1,158 @@
+"""Write example_workflows/*.json (ComfyUI UI format) from the pack's own node definitions.
+
+Widget values are taken from each node's INPUT_TYPES defaults unless a workflow overrides them, so the examples
+cannot drift from the nodes; tests/test_workflows.py checks the written files against the same definitions.
+Run: python scripts/build_example_workflows.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nodes import NODE_CLASS_MAPPINGS  # noqa: E402
+
+BUILTINS = json.loads((REPO / "tests" / "data" / "comfyui_builtin_nodes.json").read_text())
+OUT = REPO / "example_workflows"
+
+
+def node_spec(node_type: str) -> tuple[dict, list, list]:
+    """(inputs {name: (type, opts)} in widget order, output types, output names) of our node or a built-in."""
+    if node_type in NODE_CLASS_MAPPINGS:
+        cls = NODE_CLASS_MAPPINGS[node_type]
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+        names = list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
+        return {k: (v[0], v[1] if len(v) > 1 else {}) for k, v in inputs.items()}, list(cls.RETURN_TYPES), names
+    b = BUILTINS[node_type]
+    inputs = {**b["input"].get("required", {}), **b["input"].get("optional", {})}
+    out = {}
+    for k, v in inputs.items():
+        kind, opts = v[0], (v[1] if len(v) > 1 else {})
+        if kind == "COMBO":
+            kind = opts.get("options", [])
+        out[k] = (kind, opts)
+    return out, list(b["output"]), list(b.get("output_name", b["output"]))
+
+
+def is_widget(kind) -> bool:
+    return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+class Workflow:
+    """A tiny builder for UI-format graphs: add nodes, connect outputs to inputs, write JSON."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_type: str, pos, title: str | None = None, **values) -> dict:
+        inputs, outputs, names = node_spec(node_type)
+        node = {"id": len(self.nodes) + 1, "type": node_type, "pos": list(pos), "size": [320, 120], "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+                "properties": {"Node name for S&R": node_type}, "widgets_values": []}
+        if title:
+            node["title"] = title
+        for name, (kind, opts) in inputs.items():
+            if is_widget(kind):
+                if name in values:
+                    value = values.pop(name)
+                elif "default" in opts:
+                    value = opts["default"]
+                else:
+                    value = kind[0] if isinstance(kind, list) and kind else ""
+                node["widgets_values"].append(value)
+                if opts.get("control_after_generate"):
+                    node["widgets_values"].append("fixed")
+                if opts.get("image_upload"):
+                    node["widgets_values"].append("image")
+            else:
+                node["inputs"].append({"name": name, "type": kind, "link": None})
+        if values:
+            raise ValueError(f"{node_type} has no widget(s) {sorted(values)}")
+        for slot, (kind, name) in enumerate(zip(outputs, names)):
+            node["outputs"].append({"name": name, "type": kind, "links": [], "slot_index": slot})
+        self.nodes.append(node)
+        return node
+
+    def connect(self, src: dict, output: str, dst: dict, input_name: str) -> None:
+        slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
+        kind = src["outputs"][slot]["type"]
+        link_id = len(self.links) + 1
+        target = next((i for i, x in enumerate(dst["inputs"]) if x["name"] == input_name), None)
+        if target is None:  # a widget fed by a link (e.g. CreateVideo.fps from CamI2V Decode)
+            dst["inputs"].append({"name": input_name, "type": kind, "widget": {"name": input_name}, "link": None})
+            target = len(dst["inputs"]) - 1
+        dst["inputs"][target]["link"] = link_id
+        src["outputs"][slot]["links"].append(link_id)
+        self.links.append([link_id, src["id"], slot, dst["id"], target, kind])
+
+    def write(self, name: str, note: str) -> None:
+        data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {"cami2v_note": note}, "version": 0.4}
+        (OUT / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefix: str, **sampler) -> None:
+    """Sampler -> Decode -> CreateVideo -> SaveVideo, at row y."""
+    s = wf.add("CamI2VSampler", (760, y), prompt=prompt, **sampler)
+    wf.connect(model, "model", s, "model")
+    wf.connect(image, "IMAGE", s, "image")
+    wf.connect(camera, "poses", s, "camera")
+    d = wf.add("CamI2VDecode", (1120, y))
+    wf.connect(model, "model", d, "model")
+    wf.connect(s, "latent", d, "latent")
+    v = wf.add("CreateVideo", (1460, y))
+    wf.connect(d, "frames", v, "images")
+    wf.connect(d, "fps", v, "fps")
+    save = wf.add("SaveVideo", (1780, y), filename_prefix=prefix)
+    wf.connect(v, "VIDEO", save, "video")
+
+
+def main(bundled_frames: int = 8) -> None:
+    OUT.mkdir(exist_ok=True)
+    from nodes.nodes_model import BUNDLED_CHOICE
+
+    # 1. The quick start: bundled tiny model, orbit, runs on a laptop CPU.
+    wf = Workflow()
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    model = wf.add("CamI2VModelLoader", (20, 420), ckpt_name=BUNDLED_CHOICE)
+    cam = wf.add("CamI2VCameraOrbit", (380, 420), direction="left", degrees=30.0, distance=3.0,
+                 frames=bundled_frames)
+    sampler_chain(wf, model, image, cam, 40, "a cosy room", "cami2v/orbit", steps=10)
+    wf.write("cami2v_orbit_quickstart", "Picture -> orbit -> CamI2V sampler -> video, with the bundled tiny model.")
+
+    # 2. A custom pose-JSON trajectory with its preview (real CamI2V 256 checkpoint, 16 frames).
+    wf = Workflow()
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    model = wf.add("CamI2VModelLoader", (20, 420), ckpt_name="256_cami2v.pt")
+    cam = wf.add("CamI2VCameraFromText", (380, 420))
+    fit = wf.add("CamI2VCameraRetime", (380, 700), frames=16, ease="ease_in_out")
+    wf.connect(cam, "poses", fit, "poses")
+    prev = wf.add("CamI2VCameraPreview", (760, 600))
+    wf.connect(fit, "poses", prev, "poses")
+    wf.connect(image, "IMAGE", prev, "image")
+    show = wf.add("PreviewImage", (1120, 600), title="camera path")
+    wf.connect(prev, "path_picture", show, "images")
+    anim = wf.add("SaveAnimatedWEBP", (1460, 600), filename_prefix="cami2v/warp_preview", fps=8.0)
+    wf.connect(prev, "warped_frames", anim, "images")
+    sampler_chain(wf, model, image, fit, 40, "a living room, sunny afternoon", "cami2v/custom_path", steps=25,
+                  cfg_text=7.5, cfg_image=7.5)
+    wf.write("cami2v_custom_pose_json", "Pose JSON typed in the node -> retimed to 16 frames -> preview + video.")
+
+    # 3. CamI2V vs CameraCtrl on the same picture and path.
+    wf = Workflow()
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    cam = wf.add("CamI2VCameraPreset", (20, 420), preset="orbit left", frames=16, ratio=0.6, scale=1.0)
+    for row, (ckpt, label) in enumerate((("256_cami2v.pt", "cami2v"), ("256_cameractrl.pt", "cameractrl"))):
+        model = wf.add("CamI2VModelLoader", (380, 40 + 520 * row), ckpt_name=ckpt, title=f"{label} model")
+        sampler_chain(wf, model, image, cam, 40 + 520 * row, "a garden with a fountain", f"cami2v/vs_{label}",
+                      steps=25, seed=12333)
+    wf.write("cami2v_vs_cameractrl", "The same picture and camera through CamI2V and CameraCtrl, side by side.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Every example workflow checked against the pack's node definitions (and a recorded list of ComfyUI built-ins)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nodes import NODE_CLASS_MAPPINGS
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+# Input/output specs of the ComfyUI built-in nodes the examples use, read from a real ComfyUI's /object_info.
+BUILTINS = json.loads((REPO / "tests" / "data" / "comfyui_builtin_nodes.json").read_text())
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def spec_of(node_type):
+    """(ordered inputs {name: (kind, opts)}, output types) for our node or a recorded built-in."""
+    if node_type in NODE_CLASS_MAPPINGS:
+        cls = NODE_CLASS_MAPPINGS[node_type]
+        raw = cls.INPUT_TYPES()
+        outputs = list(cls.RETURN_TYPES)
+    else:
+        assert node_type in BUILTINS, f"{node_type} is neither a CamI2V node nor a known ComfyUI built-in"
+        raw = BUILTINS[node_type]["input"]
+        outputs = list(BUILTINS[node_type]["output"])
+    inputs = {}
+    for section in ("required", "optional"):
+        for name, v in raw.get(section, {}).items():
+            kind, opts = v[0], (v[1] if len(v) > 1 else {})
+            if kind == "COMBO":
+                kind = opts.get("options", [])
+            inputs[name] = (kind, opts)
+    return inputs, outputs
+
+
+def check_widget(node_type, name, kind, opts, value):
+    where = f"{node_type}.{name} = {value!r}"
+    if isinstance(kind, list):
+        if node_type == "LoadImage" or name == "ckpt_name":
+            assert isinstance(value, str) and value, where  # file lists depend on the user's folders
+        else:
+            assert value in kind, f"{where} is not one of {kind}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), where
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    elif kind == "STRING":
+        assert isinstance(value, str), where
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), where
+    if kind in ("INT", "FLOAT"):
+        assert opts.get("min", value) <= value <= opts.get("max", value), f"{where} outside [{opts.get('min')}, " \
+                                                                          f"{opts.get('max')}]"
+
+
+def test_there_are_example_workflows():
+    names = {p.stem for p in WORKFLOWS}
+    assert {"cami2v_orbit_quickstart", "cami2v_custom_pose_json", "cami2v_vs_cameractrl"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_matches_node_definitions(path):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for node in wf["nodes"]:
+        inputs, outputs = spec_of(node["type"])
+        values = list(node.get("widgets_values", []))
+        for name, (kind, opts) in inputs.items():
+            if not (isinstance(kind, list) or kind in WIDGET_KINDS):
+                continue
+            assert values, f"{path.name}: {node['type']} is missing a value for widget {name}"
+            check_widget(node["type"], name, kind, opts, values.pop(0))
+            if opts.get("control_after_generate"):
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+            if opts.get("image_upload"):
+                values.pop(0)
+        assert not values, f"{path.name}: {node['type']} has extra widget values {values}"
+        for inp in node.get("inputs", []):
+            assert inp["name"] in inputs, f"{node['type']} has no input {inp['name']}"
+        for slot, out in enumerate(node.get("outputs", [])):
+            assert out["type"] == outputs[slot], f"{node['type']} output {slot} is {outputs[slot]}, not {out['type']}"
+        required = spec_of(node["type"])[0]
+        raw = (NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES() if node["type"] in NODE_CLASS_MAPPINGS
+               else BUILTINS[node["type"]]["input"])
+        linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+        for name, v in raw.get("required", {}).items():
+            if not (isinstance(required[name][0], list) or required[name][0] in WIDGET_KINDS):
+                assert name in linked, f"{path.name}: required input {node['type']}.{name} is not connected"
+    for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+        src_type = spec_of(nodes[src]["type"])[1][src_slot]
+        dst_input = nodes[dst]["inputs"][dst_slot]
+        dst_kind = spec_of(nodes[dst]["type"])[0][dst_input["name"]][0]
+        assert src_type == kind == dst_kind, f"{path.name}: link {link_id} joins {src_type} to {dst_kind}"
+        assert dst_input["link"] == link_id
+
+
+def test_checker_catches_a_bad_widget_value(tmp_path):
+    wf = json.loads(WORKFLOWS[0].read_text())
+    sampler = next(n for n in wf["nodes"] if n["type"] == "CamI2VSampler")
+    sampler["widgets_values"][4] = 0  # steps below its minimum
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(wf))
+    with pytest.raises(AssertionError, match="steps"):
+        test_workflow_matches_node_definitions(bad)
