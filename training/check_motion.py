@@ -3,7 +3,8 @@
     python -m training.check_motion --ckpt cami2v_core/weights/cami2v-tiny-synthetic.safetensors \
         --data runs/synth64 --images 4 --out runs/motion
 
-For each test picture and each path family (orbit / pan / look, left and right, and stationary) it runs
+For each test picture and each demo preset (orbit / pan / look, left and right, and stationary; built as the
+CLI's `--camera` builds them) it runs
 `pipeline.generate` and estimates the global image translation from frame 0 to the last frame twice: by phase
 correlation (FFT cross-power peak, sub-pixel parabola fit) and by a global Lucas-Kanade least-squares flow summed
 over consecutive frames. A camera-controlled model must give opposite horizontal shifts for left and right paths
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 
 FAMILIES = ("orbit_left", "orbit_right", "pan_left", "pan_right", "look_left", "look_right", "stationary")
-AMOUNTS = {"orbit": 30.0, "pan": 0.6, "look": 20.0, "stationary": 0.0}
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -64,13 +64,12 @@ def clip_motion(frames: np.ndarray) -> dict:
     return {"pc_dx": float(pc[0]), "pc_dy": float(pc[1]), "lk_dx": float(lk[0]), "lk_dy": float(lk[1])}
 
 
-def trajectory(family: str, frames: int) -> np.ndarray:
-    """w2c [T,4,4] of a path family for a camera 3 m in front of its look-at point (training.camera_paths)."""
-    from training.camera_paths import build_path
+def trajectory(family: str, frames: int, ratio: float | None = None) -> np.ndarray:
+    """w2c [T,4,4] of a demo preset exactly as `python -m cami2v_core generate --camera <family>` builds it."""
+    import trajectories
 
-    amount = AMOUNTS[family.split("_")[0]]
-    return build_path(family, start=[0.0, 1.5, 0.0], target=[0.0, 1.5, 3.0], amount=amount,
-                      frames=frames).w2c()
+    kwargs = {} if ratio is None else {"ratio": ratio}
+    return trajectories.preset(trajectories.find_preset(family), frames=frames, **kwargs).w2c
 
 
 def test_images(data: str | None, n: int, extra: list[str]) -> list[tuple[str, np.ndarray]]:
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg", type=float, default=3.0, help="text/image guidance scale")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratio", type=float, default=None, help="preset ratio (default: the CLI's, 0.1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="folder for the GIFs (optional)")
     args = p.parse_args(argv)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, img in images:
         pic = torch.from_numpy(img).float()[None] / 255.0
         for fam in FAMILIES:
-            frames = generate(model, pic, trajectory(fam, T), steps=args.steps, cfg_text=args.cfg, seed=args.seed)
+            frames = generate(model, pic, trajectory(fam, T, args.ratio), steps=args.steps, cfg_text=args.cfg, seed=args.seed)
             frames = frames.numpy()
             per_family[fam].append(clip_motion((frames * 255).round()))
             if args.out:
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {fam: {k: round(float(np.mean([m[k] for m in ms])), 3) for k in ms[0]}
                for fam, ms in per_family.items()}
     print(json.dumps({"ckpt": str(ckpt), "images": [n for n, _ in images], "steps": args.steps, "cfg": args.cfg,
+                      "ratio": args.ratio,
                       "mean_shift_px": summary,
                       "per_image": {fam: ms for fam, ms in per_family.items()}}, indent=1))
     return 0

@@ -605,22 +605,34 @@ def train(cfg: DictConfig) -> dict:
     objective = DiffusionObjective(model, tc.uncond_prob, rand_cond, cache_frozen=bool(tc.cache_frozen))
 
     if world > 1 and tc.distributed == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        wrapped = FSDP(objective, use_orig_params=True, device_id=device if device.type == "cuda" else None,
-                       sync_module_states=True)
+        # FSDP2 (per-parameter sharding): works with frozen and trainable parameters side by side and on CPU/gloo.
+        # Each UNet block is its own unit, so only one block's full weights exist at a time; the rest is the root.
+        # FSDP2 cannot shard 0-dim parameters (the 256 UNet's attn2.alpha): they stay replicated and their
+        # gradients are averaged by hand in _sync_replicated_grads.
+        from torch.distributed.fsdp import fully_shard
+        scalars = {p for p in objective.parameters() if p.dim() == 0}
+        unet = model.model.diffusion_model
+        for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+            fully_shard(block, ignored_params=scalars)
+        wrapped = fully_shard(objective, ignored_params=scalars)
+        replicated = [p for p in scalars if p.requires_grad]
     elif world > 1:
         wrapped = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False,
             find_unused_parameters=bool(tc.find_unused_parameters))
     else:
         wrapped = objective
+    if not (world > 1 and tc.distributed == "fsdp"):
+        replicated = []
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(tc.lr), betas=tuple(tc.betas), weight_decay=float(tc.weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+    # EMA of the trainable weights: on rank 0 (replicated weights), or on every rank as shards under FSDP.
+    fsdp = world > 1 and tc.distributed == "fsdp"
     ema = ({n: p.detach().float().clone() for n, p in model.named_parameters() if n in names}
-           if tc.ema_decay and rank == 0 else None)
+           if tc.ema_decay and (rank == 0 or fsdp) else None)
 
     save_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[str(tc.save_dtype)]
     ckpt = Checkpointer(out_dir, rank, world, int(tc.keep_last), save_dtype)
@@ -664,7 +676,12 @@ def train(cfg: DictConfig) -> dict:
                 torch.manual_seed(seed)  # the UNet's dropout draws from the global generator
                 gen = torch.Generator().manual_seed(seed)
                 batch = batches_for(step, micro)
-                sync = contextlib.nullcontext() if (micro == accum - 1 or world == 1) else wrapped.no_sync()
+                last_micro = micro == accum - 1 or world == 1
+                if tc.distributed == "fsdp" and world > 1:
+                    wrapped.set_requires_gradient_sync(last_micro)
+                    sync = contextlib.nullcontext()
+                else:
+                    sync = contextlib.nullcontext() if last_micro else wrapped.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss = wrapped(batch, gen)
@@ -674,11 +691,8 @@ def train(cfg: DictConfig) -> dict:
                     scaler.scale(loss / accum).backward()
                 total += loss.item() / accum
             scaler.unscale_(optimizer)
-            if isinstance(wrapped, nn.Module) and tc.distributed == "fsdp" and world > 1:
-                grad_norm = wrapped.clip_grad_norm_(float(tc.grad_clip) if tc.grad_clip else float("inf"))
-            else:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(tc.grad_clip) if tc.grad_clip
-                                                           else float("inf"))
+            _sync_replicated_grads(replicated, world)
+            grad_norm = clip_grad_norm(params, float(tc.grad_clip) if tc.grad_clip else float("inf"))
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -712,6 +726,32 @@ def train(cfg: DictConfig) -> dict:
     return {"step": step, "metrics": last, "output_dir": str(out_dir), "rank": rank, "model": model}
 
 
+def _sync_replicated_grads(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients of parameters FSDP leaves replicated (0-dim ones) over the ranks."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of plain, DDP and FSDP2 (DTensor) gradients alike; returns the norm."""
+    norms = []
+    for p in params:
+        if p.grad is None:
+            continue
+        n = p.grad.detach().float().norm()
+        norms.append(n.full_tensor() if hasattr(n, "full_tensor") else n)  # a sharded grad's norm is partial
+    if not norms:
+        return torch.tensor(0.0)
+    total = torch.stack(norms).norm()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.device))
+    return total
+
+
 def _trainer_state(step, optimizer, scheduler, scaler, ema) -> dict:
     return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema}
@@ -723,9 +763,12 @@ def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         msd, osd = get_state_dict(wrapped, optimizer, options=opts)
         full = {k.removeprefix("net."): v for k, v in msd.items()}
+        ema_full = None
+        if ema is not None:  # gathering is collective: every rank takes part
+            ema_full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in ema.items()}
         state = {"step": step, "optimizer_full": osd, "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "ema": ema}
-        ckpt.save(step, model, state, ema, full_state=full)
+                 "scaler": scaler.state_dict(), "ema": ema_full}
+        ckpt.save(step, model, state, ema_full, full_state=full)
     else:
         ckpt.save(step, model, _trainer_state(step, optimizer, scheduler, scaler, ema), ema)
 
@@ -750,7 +793,11 @@ def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt:
     scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema"):
         for k, v in state["ema"].items():
-            ema[k].copy_(v)
+            if hasattr(ema[k], "device_mesh"):  # FSDP: keep this rank's shard of the full EMA tensor
+                from torch.distributed.tensor import distribute_tensor
+                ema[k] = distribute_tensor(v.to(ema[k].dtype), ema[k].device_mesh, ema[k].placements)
+            else:
+                ema[k].copy_(v)
     if not ckpt.load_rng(path):
         log.warning("%s has no RNG state for rank %d (different world size); per-step seeding still makes the "
                     "data and noise reproducible", path, ckpt.rank)
