@@ -14,6 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import trajectories as tj  # noqa: E402
 from nodes import NODE_CLASS_MAPPINGS  # noqa: E402
 
 BUILTINS = json.loads((REPO / "tests" / "data" / "comfyui_builtin_nodes.json").read_text())
@@ -90,10 +91,13 @@ class Workflow:
         src["outputs"][slot]["links"].append(link_id)
         self.links.append([link_id, src["id"], slot, dst["id"], target, kind])
 
-    def write(self, name: str, note: str) -> None:
+    def write(self, name: str, note: str, camera=None) -> None:
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {}, "extra": {"cami2v_note": note}, "version": 0.4}
         (OUT / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+        if camera is not None:  # the template thumbnail: the workflow's camera path, drawn by the preview code
+            picture = tj.draw_path(camera, size=(512, 256), title=note.split(":")[0][:60])
+            picture.convert("RGB").save(OUT / f"{name}.jpg", quality=88)
 
 
 def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefix: str, **sampler) -> None:
@@ -123,7 +127,8 @@ def main(bundled_frames: int = 8) -> None:
     cam = wf.add("CamI2VCameraOrbit", (380, 420), direction="left", degrees=30.0, distance=3.0,
                  frames=bundled_frames)
     sampler_chain(wf, model, image, cam, 40, "a cosy room", "cami2v/orbit", steps=10)
-    wf.write("cami2v_orbit_quickstart", "Picture -> orbit -> CamI2V sampler -> video, with the bundled tiny model.")
+    wf.write("cami2v_orbit_quickstart", "Orbit left: picture -> CamI2V sampler -> video, with the bundled tiny model.",
+             tj.orbit("left", 30.0, 3.0, bundled_frames))
 
     # 2. A custom pose-JSON trajectory with its preview (real CamI2V 256 checkpoint, 16 frames).
     wf = Workflow()
@@ -141,7 +146,10 @@ def main(bundled_frames: int = 8) -> None:
     wf.connect(prev, "warped_frames", anim, "images")
     sampler_chain(wf, model, image, fit, 40, "a living room, sunny afternoon", "cami2v/custom_path", steps=25,
                   cfg_text=7.5, cfg_image=7.5)
-    wf.write("cami2v_custom_pose_json", "Pose JSON typed in the node -> retimed to 16 frames -> preview + video.")
+    from nodes.nodes_camera import EXAMPLE_JSON
+
+    wf.write("cami2v_custom_pose_json", "Custom pose JSON: typed in the node, retimed to 16 frames, previewed, sampled.",
+             tj.resample(tj.load(EXAMPLE_JSON), 16))
 
     # 3. CamI2V vs CameraCtrl on the same picture and path.
     wf = Workflow()
@@ -151,7 +159,8 @@ def main(bundled_frames: int = 8) -> None:
         model = wf.add("CamI2VModelLoader", (380, 40 + 520 * row), ckpt_name=ckpt, title=f"{label} model")
         sampler_chain(wf, model, image, cam, 40 + 520 * row, "a garden with a fountain", f"cami2v/vs_{label}",
                       steps=25, seed=12333)
-    wf.write("cami2v_vs_cameractrl", "The same picture and camera through CamI2V and CameraCtrl, side by side.")
+    wf.write("cami2v_vs_cameractrl", "CamI2V vs CameraCtrl: the same picture and camera through both models.",
+             tj.preset("orbit left", 16, 0.6, 1.0))
 
 
 if __name__ == "__main__":

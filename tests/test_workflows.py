@@ -105,3 +105,13 @@ def test_checker_catches_a_bad_widget_value(tmp_path):
     bad.write_text(json.dumps(wf))
     with pytest.raises(AssertionError, match="steps"):
         test_workflow_matches_node_definitions(bad)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_has_a_thumbnail(path):
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} is missing (run scripts/build_example_workflows.py)"
+    with Image.open(thumb) as img:
+        assert img.format == "JPEG" and img.width >= 256
