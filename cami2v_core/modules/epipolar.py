@@ -58,6 +58,63 @@ def _may_gather(mask) -> bool:
     return kernel == "gathered" or (kernel == "auto" and mask.shape[-2] >= MIN_SPARSE_TOKENS)
 
 
+def gathered_form(mask: torch.Tensor, frames: int, num_register_tokens: int, device=None) -> EpipolarBlockMask | None:
+    """The cached EpipolarBlockMask of a bool mask [B, L, L] if the kernel in force gathers it, else None (dense).
+
+    "auto" gathers when the blocks score few enough pairs to beat one dense SDPA call (GATHER_COST_FACTOR,
+    measured in docs/performance.md). Registers are needed: without them a row can have nothing to attend.
+    """
+    if isinstance(mask, EpipolarBlockMask):
+        return mask
+    if num_register_tokens == 0 or not _may_gather(mask):
+        return None
+    blocks = cached_block_mask(mask, frames, num_register_tokens, device=device)
+    if get_kernel() == "gathered" or blocks.scored_fraction * GATHER_COST_FACTOR < 1:
+        return blocks
+    return None
+
+
+def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, device=None) -> dict:
+    """Build the gathered form of every mask the kernel will gather, before the first UNet call needs it.
+
+    masks {stride: bool [B, L, L]} -> {stride: {"tokens", "density", "scored_fraction", "kernel"}} for reports.
+    The forms are cached on the masks, so the UNet finds them; calling this is optional.
+    """
+    info = {}
+    for stride, mask in (masks or {}).items():
+        if isinstance(mask, EpipolarBlockMask):
+            info[int(stride)] = {"tokens": mask.length, "kernel": "gathered", "density": mask.density,
+                                 "scored_fraction": mask.scored_fraction, "bytes": mask.nbytes}
+            continue
+        blocks = gathered_form(mask, frames, num_register_tokens, device)
+        entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else "dense"}
+        probe = blocks if blocks is not None else (
+            cached_block_mask(mask, frames, num_register_tokens, device) if _may_gather(mask) else None)
+        if probe is not None:
+            entry.update(density=probe.density, scored_fraction=probe.scored_fraction, bytes=probe.nbytes)
+        else:
+            entry.update(density=int(torch.count_nonzero(mask)) / mask.numel())
+        info[int(stride)] = entry
+    return info
+
+
+def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, device=None) -> dict | None:
+    """{stride: bool [B, L, L]} -> the same dict with every mask the kernel gathers replaced by its gathered form.
+
+    A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
+    32x32 level; the gathered form of that level takes about 35 MB), and every UNet call finds the gathered form
+    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
+    """
+    if masks is None:
+        return None
+    out = {}
+    for stride, mask in masks.items():
+        blocks = mask if isinstance(mask, EpipolarBlockMask) else gathered_form(mask, frames, num_register_tokens,
+                                                                                  device)
+        out[stride] = blocks if blocks is not None else mask
+    return out
+
+
 def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_height: int) -> torch.Tensor | None:
     """The epipolar mask for a feature map of `feature_height` rows: masks[origin_h // feature_height] or None.
 
@@ -185,12 +242,10 @@ class EpipolarAttention(nn.Module):
             if self.num_register_tokens == 0:
                 return self._check_mask(mask.to_dense(), batch_size, length).to(device)
             return mask
-        kernel = get_kernel()
         if self.num_register_tokens > 0 and mask.dtype == torch.bool and _may_gather(mask):
             self._check_mask(mask, batch_size, length, pad=False)
-            blocks = cached_block_mask(mask, frames, self.num_register_tokens, device=device)
-            # below this many scored pairs the gathered path is faster than dense SDPA (docs/performance.md)
-            if kernel == "gathered" or blocks.scored_fraction * GATHER_COST_FACTOR < 1:
+            blocks = gathered_form(mask, frames, self.num_register_tokens, device)
+            if blocks is not None:
                 return blocks
         return self._check_mask(mask, batch_size, length).to(device)
 
@@ -210,4 +265,5 @@ class EpipolarAttention(nn.Module):
 
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "lookup_mask", "pad_register_columns",
-           "UNSUPPORTED_SWITCHES", "KERNELS", "set_kernel", "get_kernel"]
+           "UNSUPPORTED_SWITCHES", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
+           "compact_masks"]

@@ -66,6 +66,11 @@ class BlockLayout:
         """Where the index tensors are."""
         return self.blocks[0].mask.device if self.blocks else torch.device("cpu")
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of its tensors."""
+        return sum(t.numel() * t.element_size() for b in self.blocks for t in (b.query_index, b.key_index, b.mask))
+
     def to(self, device) -> "BlockLayout":
         """The same layout on `device`."""
         return BlockLayout(self.length, self.frames, [b.to(device) for b in self.blocks], self.allowed, self.scored)
@@ -119,6 +124,15 @@ class EpipolarBlockMask:
         """(B, L, L), the shape of the dense mask this stands for."""
         return (self.batch_size, self.length, self.length)
 
+    def dim(self) -> int:
+        """3, as the dense [B, L, L] mask."""
+        return 3
+
+    @property
+    def device(self) -> torch.device:
+        """Where the index tensors are."""
+        return self.layouts[0].device
+
     @property
     def density(self) -> float:
         """Fraction of query-key pairs the mask allows (registers not counted)."""
@@ -131,16 +145,51 @@ class EpipolarBlockMask:
         scored = sum(self.layouts[i].scored for i in self.batch_map)
         return scored / (self.batch_size * self.length ** 2)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index tensors and block masks."""
+        return sum(layout.nbytes for layout in self.layouts)
+
     def repeat_batch(self, n: int) -> "EpipolarBlockMask":
         """The batch repeated n times ([m0, m1] -> [m0, m1, m0, m1]), sharing the layouts."""
-        return EpipolarBlockMask(self.layouts, self.batch_map * n)
+        return EpipolarBlockMask(self.layouts, self.batch_map * int(n))
 
-    def to(self, device) -> "EpipolarBlockMask":
-        """The same mask with its index tensors on `device` (itself when they are there already)."""
+    def to(self, device=None, dtype=None) -> "EpipolarBlockMask":
+        """The same mask with its index tensors on `device` (itself when they are there already); dtype is ignored,
+        as for a bool mask."""
+        if device is None:
+            return self
         device = torch.device(device)
         if all(layout.device == device for layout in self.layouts):
             return self
         return EpipolarBlockMask([layout.to(device) for layout in self.layouts], self.batch_map)
+
+    # The batch operations CameraCondition applies to its masks (repeat_batch, select), so a condition can hold
+    # this compact form in place of the dense bool tensor.
+    def expand(self, n: int, *rest) -> "EpipolarBlockMask":
+        """[1, L, L] -> [n, L, L] (only a batch of one expands, as for a tensor)."""
+        if self.batch_size != 1:
+            raise ValueError(f"only a batch of one expands; this block mask has batch {self.batch_size}")
+        return self.repeat_batch(n)
+
+    def repeat(self, n: int, *rest) -> "EpipolarBlockMask":
+        """[B, L, L] -> [n*B, L, L] as torch.Tensor.repeat(n, 1, 1)."""
+        if any(r != 1 for r in rest):
+            raise ValueError(f"a block mask repeats along the batch only; got repeat({n}, {', '.join(map(str, rest))})")
+        return self.repeat_batch(n)
+
+    def __getitem__(self, index) -> "EpipolarBlockMask":
+        """The samples at a batch index (int, slice, list or long tensor), batch dim kept for int-free indices."""
+        picks = list(range(self.batch_size))
+        if isinstance(index, int):
+            chosen = [picks[index]]
+        elif isinstance(index, slice):
+            chosen = picks[index]
+        else:
+            chosen = [picks[int(i)] for i in torch.as_tensor(index).reshape(-1).tolist()]
+        if not chosen:
+            raise ValueError("selecting no sample of an epipolar block mask leaves nothing to attend with")
+        return EpipolarBlockMask(self.layouts, [self.batch_map[i] for i in chosen])
 
     def to_dense(self) -> torch.Tensor:
         """Bool [B, L, L] (for tests and debugging: this is the big tensor the gathered form avoids)."""
@@ -172,6 +221,11 @@ def _strip_registers(mask: torch.Tensor, num_register_tokens: int) -> torch.Tens
         raise ValueError("the register columns of an epipolar mask must all be True (every query sees the register "
                          "tokens, spec §4.3); pass the mask without them")
     return mask[:, :, num_register_tokens:]
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """In-place change counter (inference tensors have none, and cannot change outside inference mode)."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 def _find_same(mask: torch.Tensor, sources: list) -> int | None:
@@ -275,7 +329,7 @@ def cached_block_mask(mask: torch.Tensor, frames: int, num_register_tokens: int 
     for b in range(stripped.shape[0]):
         element = stripped[b]
         key = (element.data_ptr(), element.stride(), tuple(element.shape), frames, group_size, block_rows,
-               owner._version, str(device))
+               _version(owner), str(device))
         layout = cache.get(key)
         if layout is None:
             same = _find_same(element, sources)

@@ -1,0 +1,284 @@
+"""The gathered epipolar attention against the dense masked attention it replaces (issue 8).
+
+The reference everywhere is plain masked softmax attention over [registers ; keys] computed densely in float64;
+the gathered path must give the same numbers up to round-off for every mask: real epipolar masks from camera.py,
+random masks, rows with no key in some frames, rows with no key at all (registers only), batches whose elements
+share or do not share a mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cami2v_core import camera as camera_maths
+from cami2v_core.camera import CameraCondition
+from cami2v_core.modules import epipolar as epi
+from cami2v_core.modules.epipolar_sparse import (EpipolarBlockMask, attention_with_lse, attention_with_lse_math,
+                                                 build_layout, cached_block_mask, gathered_attention)
+
+
+@pytest.fixture(autouse=True)
+def _auto_kernel():
+    yield
+    epi.set_kernel("auto")
+
+
+def dense_reference(q, k, v, rk, rv, mask):
+    """softmax(q [rk; k]^T / sqrt(d), registers always on, mask [B, L, L]) [rv; v] in float64. [B, L, h, d]."""
+    q, k, v, rk, rv = (t.double() for t in (q, k, v, rk, rv))
+    B, L, h, d = q.shape
+    keys = torch.cat([rk[None].expand(B, -1, -1, -1), k], dim=1)  # [B, R+L, h, d]
+    values = torch.cat([rv[None].expand(B, -1, -1, -1), v], dim=1)
+    scores = torch.einsum("blhd,bmhd->bhlm", q, keys) / math.sqrt(d)
+    allowed = torch.cat([torch.ones(B, L, rk.shape[0], dtype=torch.bool), mask], dim=-1)[:, None]
+    scores = scores.masked_fill(~allowed, -math.inf)
+    return torch.einsum("bhlm,bmhd->blhd", scores.softmax(-1), values)
+
+
+def epipolar_masks(frames=4, size=64, strides=(8, 16), seed=0, kind="orbit"):
+    """Real masks of camera.py for a small trajectory -> {stride: bool [1, L, L]}."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, frames, dtype=torch.float64)
+    w2c = torch.eye(4, dtype=torch.float64).repeat(frames, 1, 1)
+    if kind == "orbit":
+        angle = 0.5 * t
+        w2c[:, 0, 0], w2c[:, 0, 2], w2c[:, 2, 0], w2c[:, 2, 2] = angle.cos(), angle.sin(), -angle.sin(), angle.cos()
+        w2c[:, 0, 3] = 0.8 * t
+    elif kind == "zoom":
+        w2c[:, 2, 3] = -0.9 * t
+    # kind == "static": identity poses, every pair perturbed (spec §4.4.6)
+    K = torch.tensor([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1.0]]).expand(1, frames, 3, 3)
+    rel = camera_maths.relative_c2w(w2c[None].float(), torch.tensor([0]))
+    masks, _ = camera_maths.epipolar_structures(rel, K, size, size, strides, generator=g)
+    return masks
+
+
+def random_qkv(B, L, h=2, d=8, R=4, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, L, h, d, generator=g).to(dtype) for _ in range(3))
+    rk, rv = (torch.randn(R, h, d, generator=g).to(dtype) for _ in range(2))
+    return q, k, v, rk, rv
+
+
+# -- the layout ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
+def test_layout_covers_exactly_the_mask(kind):
+    mask = epipolar_masks(kind=kind)[8]  # [1, 256, 256]: 4 frames of 8x8 cells
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=8)
+    assert torch.equal(blocks.to_dense(), mask)
+    layout = blocks.layouts[0]
+    assert layout.allowed == int(mask.sum())
+    assert layout.scored >= layout.allowed
+    # each query appears at most once per key frame, and a block's keys all lie in its key frame
+    n = 64
+    for j in range(4):
+        rows = torch.cat([b.query_index.reshape(-1) for b in layout.blocks if b.key_frame == j])
+        rows = rows[rows < 256]
+        assert rows.unique().numel() == rows.numel()
+        for b in layout.blocks:
+            if b.key_frame == j:
+                assert bool(((b.key_index >= j * n) & (b.key_index < (j + 1) * n)).all())
+
+
+def test_gathering_skips_most_pairs_of_a_sparse_mask():
+    mask = epipolar_masks(frames=8, size=128, strides=(8,))[8]  # 16x16 cells, 2048 tokens
+    blocks = EpipolarBlockMask.from_dense(mask, frames=8)
+    assert blocks.density < 0.1
+    assert blocks.scored_fraction < 4 * blocks.density  # unions and padding cost a small factor, not the full L*L
+
+
+# -- numbers: gathered == dense -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_gathered_attention_equals_dense_on_epipolar_masks(kind, stride):
+    mask = epipolar_masks(kind=kind)[stride]
+    L = mask.shape[-1]
+    q, k, v, rk, rv = random_qkv(1, L, dtype=torch.float64)
+    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask, frames=4, group_size=8))
+    torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(frames=st.integers(1, 4), cells=st.integers(1, 12), group=st.integers(1, 9), density=st.floats(0, 1),
+       batch=st.integers(1, 3), registers=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+def test_gathered_attention_equals_dense_on_any_mask(frames, cells, group, density, batch, registers, seed):
+    g = torch.Generator().manual_seed(seed)
+    L = frames * cells
+    mask = torch.rand(batch, L, L, generator=g) < density  # includes empty rows, empty frames and full rows
+    if batch > 1:
+        mask[-1] = mask[0]  # one shared mask in the batch
+    q, k, v, rk, rv = random_qkv(batch, L, R=registers, seed=seed, dtype=torch.float64)
+    blocks = EpipolarBlockMask.from_dense(mask, frames=frames, group_size=group, block_rows=3 * group)
+    assert torch.equal(blocks.to_dense(), mask)
+    out = gathered_attention(q, k, v, rk, rv, blocks)
+    torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
+
+
+def test_float32_path_matches_reference():
+    mask = epipolar_masks(frames=4, size=128, strides=(8,))[8]  # 1024 tokens
+    q, k, v, rk, rv = random_qkv(2, mask.shape[-1], h=3, d=16)
+    mask2 = mask.expand(2, -1, -1)
+    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask2, frames=4))
+    torch.testing.assert_close(out.double(), dense_reference(q, k, v, rk, rv, mask2), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_reference(dtype):
+    mask = epipolar_masks()[8]
+    q, k, v, rk, rv = random_qkv(1, mask.shape[-1], dtype=dtype)
+    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask, frames=4, group_size=16))
+    assert out.dtype == dtype
+    ref = dense_reference(q, k, v, rk, rv, mask)
+    torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=0)
+
+
+def test_lse_kernels_agree():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(5, 2, 7, 8, generator=g) for _ in range(3))
+    mask = torch.rand(5, 1, 7, 7, generator=g) > 0.6
+    mask[..., 2] = True
+    out, lse = attention_with_lse(q, k, v, mask, 0.25)
+    ref_out, ref_lse = attention_with_lse_math(q.double(), k.double(), v.double(), mask, 0.25)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-6, rtol=0)
+    # the log-sum-exp is that of the masked, scaled scores
+    scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~mask, -math.inf)
+    torch.testing.assert_close(ref_lse, scores.logsumexp(-1), atol=1e-12, rtol=0)
+
+
+# -- the module, the cache and the camera condition ----------------------------------------------------------------
+
+def epipolar_module(dim=32, heads=2, registers=4, seed=0):
+    torch.manual_seed(seed)
+    module = epi.EpipolarAttention(dim, heads, origin_h=64, num_register_tokens=registers).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)  # the zero-initialised output layer would hide every difference
+    return module
+
+
+def run_module(module, mask, batch, frames=4, cells=64, seed=1):
+    x = torch.randn(batch * cells, frames, module.epipolar_attn.to_q.in_features,
+                    generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return module(x, mask, batch)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_module_kernels_agree(padded):
+    mask = epipolar_masks()[8].expand(2, -1, -1)  # two guidance branches sharing one camera
+    if padded:  # the [B, L, R+L] form with the register columns first
+        mask = torch.cat([torch.ones(2, mask.shape[1], 4, dtype=torch.bool), mask], dim=-1)
+    module = epipolar_module()
+    epi.set_kernel("dense")
+    dense = run_module(module, mask, batch=2)
+    epi.set_kernel("gathered")
+    gathered = run_module(module, mask, batch=2)
+    torch.testing.assert_close(gathered, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_kernel_gathers_large_sparse_masks_and_keeps_small_ones_dense():
+    small = epipolar_masks()[16]  # 64 tokens
+    large = epipolar_masks(frames=8, size=128, strides=(8,))[8]  # 2048 tokens, ~5% dense
+    small_info = epi.prepare_masks({16: small}, frames=4, num_register_tokens=4)[16]
+    large_info = epi.prepare_masks({8: large}, frames=8, num_register_tokens=4)[8]
+    assert small_info["kernel"] == "dense"
+    assert large_info["kernel"] == "gathered" and large_info["scored_fraction"] < 1 / epi.GATHER_COST_FACTOR
+    assert epi.pad_register_columns(large, 4) is large  # no 4+L copy for a mask that will be gathered
+    assert epi.pad_register_columns(small, 4).shape[-1] == small.shape[-1] + 4
+
+
+def test_layouts_are_built_once_per_mask_and_rebuilt_after_a_change():
+    mask = epipolar_masks()[8].clone()
+    first = cached_block_mask(mask, 4, 4)
+    again = cached_block_mask(mask, 4, 4)
+    branches = cached_block_mask(mask.expand(3, -1, -1), 4, 4)  # CameraCondition.repeat_batch of one video
+    assert again.layouts[0] is first.layouts[0]
+    assert len(branches.layouts) == 1 and branches.layouts[0] is first.layouts[0]
+    assert branches.batch_map == [0, 0, 0]
+    mask[0, 0, :] = True
+    changed = cached_block_mask(mask, 4, 4)
+    assert changed.layouts[0] is not first.layouts[0]
+    assert torch.equal(changed.to_dense(), mask)
+
+
+def test_distinct_masks_in_a_batch_get_their_own_layouts():
+    a, b = epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]
+    mask = torch.cat([a, b, a.clone()])
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4)
+    assert len(blocks.layouts) == 2 and blocks.batch_map == [0, 1, 0]
+    q, k, v, rk, rv = random_qkv(3, mask.shape[-1], dtype=torch.float64)
+    torch.testing.assert_close(gathered_attention(q, k, v, rk, rv, blocks), dense_reference(q, k, v, rk, rv, mask),
+                               atol=1e-12, rtol=0)
+
+
+def test_block_mask_follows_camera_condition_batch_operations():
+    a, b = epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]
+    dense = torch.cat([a, b])
+    epi.set_kernel("gathered")
+    compact = epi.compact_masks({8: dense}, frames=4, num_register_tokens=4)
+    assert isinstance(compact[8], EpipolarBlockMask)
+    cond_dense = CameraCondition(epipolar_masks={8: dense}, origin_h=64)
+    cond_compact = CameraCondition(epipolar_masks=compact, origin_h=64)
+    for op in (lambda c: c.repeat_batch(3), lambda c: c.select(1), lambda c: c.select([1, 0]),
+               lambda c: c.to("cpu"), lambda c: c.select(slice(0, 1)).repeat_batch(2)):
+        expected, got = op(cond_dense).epipolar_masks[8], op(cond_compact).epipolar_masks[8]
+        assert got.shape == tuple(expected.shape)
+        assert torch.equal(got.to_dense(), expected)
+    assert cond_compact.batch_size == 2
+
+
+def test_unet_level_paths_agree_through_the_router():
+    """The mask a UNet block receives (lookup + pad) gives the same epipolar output in both kernels."""
+    masks = epipolar_masks()
+    module = epipolar_module()
+    outputs = {}
+    for kernel in ("dense", "gathered"):
+        epi.set_kernel(kernel)
+        mask = epi.pad_register_columns(epi.lookup_mask(masks, 64, 8), 4)
+        outputs[kernel] = run_module(module, mask, batch=1)
+    torch.testing.assert_close(outputs["gathered"], outputs["dense"], atol=1e-5, rtol=1e-5)
+
+
+# -- errors ---------------------------------------------------------------------------------------------------------
+
+def test_block_mask_for_another_size_is_refused():
+    blocks = EpipolarBlockMask.from_dense(epipolar_masks()[8], frames=4)
+    module = epipolar_module()
+    with pytest.raises(ValueError, match="same image size"):
+        run_module(module, blocks, batch=2)
+
+
+def test_register_columns_must_be_all_true():
+    dense = epipolar_masks()[8]
+    padded = torch.cat([torch.ones(1, dense.shape[1], 4, dtype=torch.bool), dense], -1)
+    padded[0, 3, 1] = False
+    with pytest.raises(ValueError, match="register columns"):
+        EpipolarBlockMask.from_dense(padded, frames=4, num_register_tokens=4)
+
+
+def test_unknown_kernel_is_refused_with_choices():
+    with pytest.raises(ValueError, match="gathered"):
+        epi.set_kernel("sparse9000")
+
+
+def test_layout_needs_whole_frames():
+    with pytest.raises(ValueError, match="multiple of frames"):
+        build_layout(torch.ones(10, 10, dtype=torch.bool), frames=3)
+
+
+def test_module_without_registers_stays_dense():
+    module = epipolar_module(registers=0)
+    mask = epipolar_masks()[8]
+    epi.set_kernel("gathered")
+    gathered = run_module(module, mask, batch=1)
+    epi.set_kernel("dense")
+    dense = run_module(module, mask, batch=1)
+    torch.testing.assert_close(gathered, dense, atol=0, rtol=0)
