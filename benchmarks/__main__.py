@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trajectory", default="orbit left", help="a trajectories preset name")
     p.add_argument("--no-batch-branches", action="store_true", help="run the guidance branches one by one")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--size", choices=("256", "tiny"), default="256",
+                   help="256: the released architectures; tiny: the golden fixtures' miniature (a smoke test)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p.parse_args(argv)
 
@@ -64,12 +66,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"--frames must be 1..16 (the pose encoder's position table has 16 rows); got "
                          f"{values['frames']}")
     notes = []
-    if device == "cpu" and values["frames"] != 16:
+    if args.size == "tiny":
+        values["frames"] = min(values["frames"], 8) if args.frames is None else values["frames"]
+        notes.append("tiny models (golden fixture size): a smoke test of the benchmark, not a measurement")
+    elif values["frames"] != 16:
         notes.append(f"{values['frames']} frames, not 16: epipolar attention grows with frames squared, the rest "
                      "of the UNet linearly, so the ratios are below those at 16 frames")
     return Settings(device=device, dtype=args.dtype or ("fp32" if device == "cpu" else "fp16"),
                     batch_branches=not args.no_batch_branches, trajectory=args.trajectory, variants=variants,
-                    kernel=args.kernel, quick=bool(args.quick), notes=notes, **values)
+                    kernel=args.kernel, quick=bool(args.quick), notes=notes, size=args.size, **values)
 
 
 def main(argv=None) -> int:

@@ -79,13 +79,23 @@ class _Subset(nn.Module):
                 yield name, p
 
 
-def build_family(variants=VARIANTS, device="cpu", dtype=torch.float32, seed: int = 0) -> dict:
-    """{variant: CamI2VModel} of the 256 presets with random weights; shared base UNet and pose encoder."""
+def family_configs(size: str = "256", variants=VARIANTS) -> dict:
+    """{variant: ModelConfig}: the released 256 presets, or "tiny" (the golden fixtures' size, for tests)."""
+    if size == "256":
+        return {v: PRESETS[PRESET_OF[v]] for v in variants}
+    if size == "tiny":
+        return {v: PRESETS["tiny"].with_variant(v) for v in variants}
+    raise ValueError(f"model size must be '256' or 'tiny', got {size!r}")
+
+
+def build_family(variants=VARIANTS, device="cpu", dtype=torch.float32, seed: int = 0, size: str = "256") -> dict:
+    """{variant: CamI2VModel} with random weights; one shared base UNet and one shared pose encoder."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
+    configs = family_configs(size, variants)
     models, base, pose_encoder = {}, None, None
     for variant in variants:
-        config = PRESETS[PRESET_OF[variant]]
+        config = configs[variant]
         with torch.device("meta"):
             model = CamI2VModel(config)
         unet = model.model.diffusion_model

@@ -23,7 +23,6 @@ from cami2v_core.sampling import Guidance, make_ddim_schedule, sample_ddim
 from .harness import PeakMemory, inference, machine_info, summary, tensor_bytes, timed
 from .models import VARIANTS, build_family
 
-RESOLUTION = (256, 256)
 TEXT_TOKENS = 77
 IMAGE_TOKENS_PER_FRAME = 16
 
@@ -44,6 +43,7 @@ class Settings:
     kernel: str = "auto"
     quick: bool = False
     seed: int = 0
+    size: str = "256"  # "tiny" builds the golden fixtures' miniature models (tests of this package)
     notes: list = field(default_factory=list)
 
     @property
@@ -51,13 +51,13 @@ class Settings:
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
 
 
-def camera_inputs(frames: int, trajectory: str = "orbit left"):
-    """w2c [1,T,4,4] and pixel intrinsics [1,T,3,3] of a demo trajectory at 256x256 (demo intrinsics, spec §6.1)."""
+def camera_inputs(frames: int, resolution, trajectory: str = "orbit left"):
+    """w2c [1,T,4,4] and pixel intrinsics [1,T,3,3] of a demo trajectory (the demo's intrinsics, spec §6.1)."""
     import trajectories as tj
 
     path = tj.preset(trajectory, frames=frames)
     w2c = torch.tensor(path.w2c, dtype=torch.float32)[None]
-    height, width = RESOLUTION
+    height, width = resolution
     focal = 0.5 * max(height, width)  # the demo's 90-degree field of view over the long side
     K = torch.tensor([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
     return w2c, K.expand(1, frames, 3, 3).clone()
@@ -117,15 +117,16 @@ def run(settings: Settings, log=print) -> dict:
     frames = settings.frames
     report = {"settings": {k: v for k, v in asdict(settings).items() if k != "notes"},
               "machine": machine_info(device), "models": {}, "notes": list(settings.notes)}
-    report["settings"]["resolution"] = list(RESOLUTION)
     report["settings"]["variants"] = list(settings.variants)
 
     start = time.perf_counter()
     log(f"building {', '.join(settings.variants)} (random weights, {settings.dtype} on {device})")
-    models = build_family(settings.variants, device, dtype, settings.seed)
+    models = build_family(settings.variants, device, dtype, settings.seed, settings.size)
     report["build_s"] = time.perf_counter() - start
+    resolution = next(iter(models.values())).config.resolution
+    report["settings"]["resolution"] = list(resolution)
 
-    w2c, K = camera_inputs(frames, settings.trajectory)
+    w2c, K = camera_inputs(frames, resolution, settings.trajectory)
     conds, results = {}, {}
     for name, model in models.items():
         camera, seconds, info = prepare_camera(model, w2c, K, frames, device, settings.seed)
@@ -142,8 +143,8 @@ def run(settings: Settings, log=print) -> dict:
 
     # UNet forwards, interleaved across models
     g = torch.Generator().manual_seed(settings.seed + 2)
-    h, w = RESOLUTION[0] // 8, RESOLUTION[1] // 8
-    x = torch.randn(1, 4, frames, h, w, generator=g).to(device, dtype)
+    config = next(iter(models.values())).config
+    x = torch.randn(1, config.channels, frames, *config.image_size, generator=g).to(device, dtype)
     t = torch.tensor([500], device=device)
     runs = {name: [] for name in models}
     with inference():
