@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cami2v_core import camera
 from cami2v_core.camera import CameraCondition
-from tests.golden import REFERENCE_DIR, load_json, load_tensors, unpack_mask
+from tests.golden import index_names, REFERENCE_DIR, load_json, load_tensors, unpack_mask
 
 ATOL = 1e-5  # golden README §11: Plücker / F / relative poses
 TRAJECTORIES = "camera/trajectories.json"
@@ -21,11 +21,7 @@ REFERENCE_VALUES = "fixtures/cami2v_reference_values.json"
 
 
 def _trajectory_names():
-    """Trajectory names of the golden camera index (discovered, so any fixture folder of that format works)."""
-    try:
-        return sorted(load_json(TRAJECTORIES))
-    except pytest.skip.Exception:
-        return ["<missing golden folder>"]
+    return index_names(TRAJECTORIES)
 
 
 def _trajectory(name):

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from cami2v_core.pipeline import (Draws, PipelineError, check_w2c, decode_latent, from_comfy_latent, generate,
                                   image_to_uint8, intrinsics_from_normalized, latent_preview, prepare_image,
                                   sample_latent, target_size, to_comfy_latent)
-from tests.golden import GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
+from tests.golden import index_names, GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
 from tests.synthetic_photo import make_photo
 
 # -- preprocessing (spec §6.1) ------------------------------------------------------------------------------------
@@ -136,11 +136,7 @@ SAMPLING_RUNS = "sampling/sampling_runs.json"
 
 
 def _runs():
-    try:
-        index = load_json(SAMPLING_RUNS)
-    except pytest.skip.Exception:
-        return ["<missing golden folder>"]
-    return sorted(k for k in index if not k.startswith("_"))
+    return index_names(SAMPLING_RUNS)
 
 
 _MODELS: dict = {}

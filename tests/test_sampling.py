@@ -12,7 +12,7 @@ from cami2v_core.sampling import (Guidance, SamplingError, StepInfo, camera_guid
                                   ddim_coefficients, ddim_step, ddim_timesteps, dynamic_rescale_table,
                                   eps_prediction, make_ddim_schedule, rescale_guidance, sample_ddim,
                                   schedule_alphas_cumprod, v_prediction)
-from tests.golden import REFERENCE_DIR, load_json, load_tensors
+from tests.golden import index_names, REFERENCE_DIR, load_json, load_tensors
 
 SAMPLING_RUNS = "sampling/sampling_runs.json"
 
@@ -22,12 +22,7 @@ def _reference_schedules():
 
 
 def _runs():
-    """Run names of the golden sampling index (discovered, so any fixture folder of that format works)."""
-    try:
-        index = load_json(SAMPLING_RUNS)
-    except pytest.skip.Exception:
-        return ["<missing golden folder>"]
-    return sorted(k for k in index if not k.startswith("_"))
+    return index_names(SAMPLING_RUNS)
 
 
 def _settings(run):
