@@ -102,7 +102,7 @@ def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
     """{stride: bool [B, L, L]} -> the same dict with every mask the kernel gathers replaced by its gathered form.
 
     A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
-    32x32 level; the gathered form of that level takes about 35 MB), and every UNet call finds the gathered form
+    32x32 level; the gathered form of that level takes about 30 MB), and every UNet call finds the gathered form
     ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
     """
     if masks is None:
