@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--logvar-init", type=float, default=-8.0,
+                   help="initial posterior log-variance (bias of quant_conv's logvar half); a low start lets the "
+                        "latent carry the picture from step 1 instead of drowning it in unit noise")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
@@ -101,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_frames(Path(args.data), "train", size)
     log.info("frames %s", tuple(frames.shape))
     vae = AutoencoderKL(**cfg.first_stage)
+    with torch.no_grad():
+        # quant_conv outputs (mean, logvar); with logvar near 0 the sampled latent is mostly noise and, with the
+        # small KL weight, the decoder first learns the mean colour and stays there (seen in a first run)
+        half = vae.quant_conv.out_channels // 2
+        vae.quant_conv.bias[half:] = args.logvar_init
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     warm = 100
     t0 = time.time()
