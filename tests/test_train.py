@@ -288,3 +288,21 @@ def test_motion_estimators_recover_a_known_shift():
     frames = np.stack([big[16:80, 16 - k:80 - k] for k in range(4)])[..., None].repeat(3, -1) * 255
     m = clip_motion(frames)
     assert m["pc_dx"] == pytest.approx(3, abs=0.3) and m["lk_dx"] > 1.5
+
+
+def test_bundled_model_is_small_fp16_and_self_describing():
+    from cami2v_core.bundled import BUNDLED_MODEL, bundled_model_path
+    from cami2v_core.checkpoint import CONFIG_METADATA_KEY, read_safetensors_header
+    from cami2v_core.model import load_model
+    from cami2v_core.pipeline import generate
+
+    assert bundled_model_path() == BUNDLED_MODEL, "the bundled model is missing: train and export it (README)"
+    assert BUNDLED_MODEL.stat().st_size <= 25 * 2**20
+    header, meta = read_safetensors_header(BUNDLED_MODEL)
+    assert CONFIG_METADATA_KEY in meta and meta["format"] == "cami2v-release"
+    assert {v["dtype"] for v in header.values()} == {"F16"}
+    model = load_model(BUNDLED_MODEL)  # no preset: the header says what to build
+    assert model.variant == "cami2v" and model.config.resolution == (64, 64) and model.parameterization == "v"
+    w2c = torch.eye(4).repeat(8, 1, 1)
+    frames = generate(model, torch.rand(1, 48, 80, 3), w2c, steps=2, seed=0)
+    assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()
