@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     T = model.config.temporal_length
     per_family: dict[str, list[dict]] = {f: [] for f in FAMILIES}
     for name, img in images:
-        pic = torch.from_numpy(img).float()[None] / 255.0
+        pic = torch.from_numpy(img.copy()).float()[None] / 255.0
         for fam in FAMILIES:
-            frames = generate(model, pic, trajectory(fam, T, args.ratio), steps=args.steps, cfg_text=args.cfg, seed=args.seed)
+            frames = generate(model, pic, trajectory(fam, T, args.ratio), steps=args.steps, cfg_text=args.cfg,
+                              seed=args.seed)
             frames = frames.numpy()
             per_family[fam].append(clip_motion((frames * 255).round()))
             if args.out:
