@@ -15,12 +15,14 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, parse_dtype, save_safetensors
 from cami2v_core.model import load_model
 
 
 def export(checkpoint: Path, out: Path, ema: bool = True, dtype: str = "fp16", max_mb: float | None = None,
-           note: dict | None = None) -> dict:
+           note: dict | None = None, decoder: Path | None = None) -> dict:
     """Write `out` from a checkpoints/step_X folder (or a model file); returns the header metadata written."""
     src = checkpoint
     if checkpoint.is_dir():
@@ -29,8 +31,19 @@ def export(checkpoint: Path, out: Path, ema: bool = True, dtype: str = "fp16", m
     sd, meta = load_state_dict(src, dtype=parse_dtype(dtype))
     if CONFIG_METADATA_KEY not in meta:
         raise SystemExit(f"{src} has no {CONFIG_METADATA_KEY!r} header entry; export files written by training.train")
-    header = {CONFIG_METADATA_KEY: meta[CONFIG_METADATA_KEY], "format": "cami2v-release",
-              "source": f"{checkpoint.name}/{src.name}", "training_step": meta.get("training_step", "")}
+    if decoder is not None:
+        # A decoder fine-tuned on the same frozen encoder (training.train_vae --decoder-only) draws the same latent
+        # space better; the encoder must be bit-identical or the diffusion model would see other latents.
+        vae, _ = load_state_dict(decoder, dtype=parse_dtype(dtype))
+        vae = {k: v for k, v in vae.items() if k.startswith("first_stage_model.")}
+        same_encoder = all(torch.equal(vae[k], sd[k]) for k in vae if ".encoder." in k or ".quant_conv." in k)
+        if set(vae) != {k for k in sd if k.startswith("first_stage_model.")} or not same_encoder:
+            raise SystemExit(f"{decoder}: its encoder differs from the checkpoint's; only a decoder trained with "
+                             "--decoder-only from the checkpoint's own VAE can be swapped in")
+        sd.update(vae)
+    source = f"{checkpoint.name}/{src.name}" + (f" + decoder {decoder}" if decoder else "")
+    header = {CONFIG_METADATA_KEY: meta[CONFIG_METADATA_KEY], "format": "cami2v-release", "source": source,
+              "training_step": meta.get("training_step", "")}
     header.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (note or {}).items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(sd, out, metadata=header)
@@ -50,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action="store_true", help="export the EMA weights when the checkpoint has them")
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     p.add_argument("--max-mb", type=float, default=None, help="refuse a file larger than this (MiB)")
+    p.add_argument("--decoder", default=None, help="VAE file whose decoder replaces the checkpoint's (same encoder)")
     p.add_argument("--note", default=None, help="JSON object of extra header entries (e.g. the training command)")
     args = p.parse_args(argv)
     header = export(Path(args.checkpoint), Path(args.out), args.ema, args.dtype, args.max_mb,
-                    json.loads(args.note) if args.note else None)
+                    json.loads(args.note) if args.note else None, Path(args.decoder) if args.decoder else None)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB) from {header['source']}",
           file=sys.stderr)
     return 0

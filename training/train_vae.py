@@ -13,6 +13,7 @@ standard deviation that `training.train` uses as the model's `scale_factor` (LDM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logvar-init", type=float, default=-8.0,
                    help="initial posterior log-variance (bias of quant_conv's logvar half); a low start lets the "
                         "latent carry the picture from step 1 instead of drowning it in unit noise")
+    p.add_argument("--init", default=None, help="start from this VAE file (first_stage_model.* keys)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="freeze the encoder (keeps the latent space a diffusion model was trained on) and train "
+                        "post_quant_conv + decoder only")
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="decoder-only: add this much Gaussian noise (in units of the latent std) to the latents, "
+                        "so the decoder tolerates a diffusion model's small latent errors")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
@@ -104,12 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_frames(Path(args.data), "train", size)
     log.info("frames %s", tuple(frames.shape))
     vae = AutoencoderKL(**cfg.first_stage)
-    with torch.no_grad():
-        # quant_conv outputs (mean, logvar); with logvar near 0 the sampled latent is mostly noise and, with the
-        # small KL weight, the decoder first learns the mean colour and stays there (seen in a first run)
-        half = vae.quant_conv.out_channels // 2
-        vae.quant_conv.bias[half:] = args.logvar_init
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.init:
+        from cami2v_core.checkpoint import load_state_dict
+        sd, meta = load_state_dict(args.init)
+        vae.load_state_dict({k.removeprefix("first_stage_model."): v for k, v in sd.items()
+                             if k.startswith("first_stage_model.")}, strict=True)
+        init_std = float(meta.get(VAE_STD_METADATA_KEY, "1"))
+    if not args.init:
+        with torch.no_grad():
+            # quant_conv outputs (mean, logvar); a low initial logvar lets the latent carry the picture at once
+            half = vae.quant_conv.out_channels // 2
+            vae.quant_conv.bias[half:] = args.logvar_init
+    if args.decoder_only:
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     warm = 100
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -124,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             x = x[:, :, top:top + args.crop, left:left + args.crop]
         flip = torch.rand(args.batch_size) < 0.5
         x[flip] = x[flip].flip(-1)
-        mean, logvar = vae.encode(x)
+        with torch.no_grad() if args.decoder_only else contextlib.nullcontext():
+            mean, logvar = vae.encode(x)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        if args.decoder_only and args.latent_noise:
+            z = z + args.latent_noise * init_std * torch.randn_like(z)
         rec = vae.decode(z)
         l1 = (rec - x).abs().mean()
         l2 = F.mse_loss(rec, x)
