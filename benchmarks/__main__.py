@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "where it is faster)")
     p.add_argument("--trajectory", default="orbit left", help="a trajectories preset name")
     p.add_argument("--no-batch-branches", action="store_true", help="run the guidance branches one by one")
+    p.add_argument("--levels", action=argparse.BooleanOptionalAction, default=None,
+                   help="time epipolar attention alone per mask level, dense against gathered (default: on, "
+                        "off for --quick on CPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--size", choices=("256", "tiny"), default="256",
                    help="256: the released architectures; tiny: the golden fixtures' miniature (a smoke test)")
@@ -72,7 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     elif values["frames"] != 16:
         notes.append(f"{values['frames']} frames, not 16: epipolar attention grows with frames squared, the rest "
                      "of the UNet linearly, so the ratios are below those at 16 frames")
-    return Settings(device=device, dtype=args.dtype or ("fp32" if device == "cpu" else "fp16"),
+    levels = args.levels if args.levels is not None else not (args.quick and device == "cpu")
+    return Settings(device=device, dtype=args.dtype or ("fp32" if device == "cpu" else "fp16"), levels=levels,
                     batch_branches=not args.no_batch_branches, trajectory=args.trajectory, variants=variants,
                     kernel=args.kernel, quick=bool(args.quick), notes=notes, size=args.size, **values)
 

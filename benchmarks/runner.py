@@ -43,6 +43,7 @@ class Settings:
     kernel: str = "auto"
     quick: bool = False
     seed: int = 0
+    levels: bool = True  # also time epipolar attention alone per mask level, dense against gathered
     size: str = "256"  # "tiny" builds the golden fixtures' miniature models (tests of this package)
     notes: list = field(default_factory=list)
 
@@ -161,6 +162,11 @@ def run(settings: Settings, log=print) -> dict:
     for name in models:
         results[name]["unet_forward_s"] = summary(runs[name])
         results[name]["unet_forward_runs_s"] = runs[name]
+    if settings.levels and settings.size == "256":
+        from .levels import measure_levels
+
+        report["epipolar_levels"] = measure_levels(w2c, K, frames, device, dtype, repeats=1, seed=settings.seed,
+                                                   log=log)
 
     # one sampling run per model, with its peak memory
     for name, model in models.items():

@@ -75,15 +75,19 @@ def test_layout_covers_exactly_the_mask(kind):
     layout = blocks.layouts[0]
     assert layout.allowed == int(mask.sum())
     assert layout.scored >= layout.allowed
-    # each query appears at most once per key frame, and a block's keys all lie in its key frame
+    # a group's keys all lie in one key frame, and a query is in one group per key frame it has keys in
     n = 64
-    for j in range(4):
-        rows = torch.cat([b.query_index.reshape(-1) for b in layout.blocks if b.key_frame == j])
-        rows = rows[rows < 256]
-        assert rows.unique().numel() == rows.numel()
-        for b in layout.blocks:
-            if b.key_frame == j:
-                assert bool(((b.key_index >= j * n) & (b.key_index < (j + 1) * n)).all())
+    seen = []
+    for b in layout.blocks:
+        frame = b.key_index[:, :1] // n
+        assert bool((b.key_index // n == frame).all())
+        rows = b.query_index
+        real = rows < 256
+        seen.append((rows[real] * 4 + frame.expand_as(rows)[real]))
+    seen = torch.cat(seen)
+    assert seen.unique().numel() == seen.numel()
+    hits = mask[0].view(256, 4, n).any(-1)  # [query, key frame]
+    assert seen.numel() == int(hits.sum())
 
 
 def test_gathering_skips_most_pairs_of_a_sparse_mask():

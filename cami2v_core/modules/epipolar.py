@@ -17,7 +17,7 @@ from torch import nn
 
 from .attention import attention, merge_heads, split_heads
 from .epipolar_sparse import GATHER_COST_FACTOR, MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, \
-    gathered_attention
+    gathered_attention_kv
 
 # epipolar_config switches of the original that change the branch and that no released model uses (golden README §2);
 # a config that turns one on is refused instead of silently computing something else.
@@ -180,11 +180,12 @@ class RegisterTokenAttention(nn.Module):
         inner = self.to_q.weight.shape[0]
         # one GEMM for q, k and v: the three read the same tokens, and one wide GEMM runs faster than three
         qkv = F.linear(x, torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight]))  # [B, L, 3*inner]
-        q, k, v = (t.view(b, length, self.heads, -1) for t in qkv.split(inner, dim=-1))
+        q = qkv[..., :inner].view(b, length, self.heads, -1)
+        kv = qkv[..., inner:].view(b, length, 2, self.heads, -1)  # keys and values side by side, no copy
         registers = self.register_tokens[0].to(x.dtype)  # [R, C]
         register_k = self.to_k(registers).view(self.num_register_tokens, self.heads, -1)
         register_v = self.to_v(registers).view(self.num_register_tokens, self.heads, -1)
-        out = gathered_attention(q, k, v, register_k, register_v, blocks.to(x.device))  # [B, L, h, d]
+        out = gathered_attention_kv(q, kv, register_k, register_v, blocks.to(x.device))  # [B, L, h, d]
         return self.to_out(out.reshape(b, length, inner))
 
 

@@ -9,9 +9,10 @@ sampling, so each mask is turned once into gathered blocks and reused by every l
   of `group_size` consecutive queries share most of their keys. Each run is a group; its keys are the union of its
   members' bands (1.2-1.9x the keys a member needs on orbit, pan and zoom paths; up to 4x for a static camera,
   whose perturbed lines have a random orientation per frame pair, spec §4.4.6).
-* Groups of similar union size are padded to one size and attended in one call: [members] x [union keys] with the
-  group's small boolean mask. Each call gives a softmax over one key frame; the pieces are merged through their
-  log-sum-exp (as flash attention merges key blocks), starting from the register tokens that every query sees.
+* Groups of similar union size (of any key frame) are padded to one size and attended in one call: [members] x
+  [union keys] with the group's small boolean mask. Each group gives a softmax over part of a query's keys; the
+  parts are merged through their log-sum-exp (as flash attention merges key blocks), starting from the register
+  tokens that every query sees. Few, large calls matter on a CPU: every parallel op waits for its slowest thread.
 
 The softmax runs over exactly the keys the dense mask allows, so the result equals the dense masked attention up to
 float round-off (tests/test_epipolar_sparse.py holds the dense reference against every path here).
@@ -19,6 +20,7 @@ float round-off (tests/test_epipolar_sparse.py holds the dense reference against
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -36,23 +38,23 @@ BLOCK_ROWS = 16384
 
 
 @dataclass
-class KeyFrameBlock:
-    """Groups of one key frame padded to one union size: the unit of one attention call.
+class GroupBlock:
+    """Groups padded to one union size: the unit of one attention call.
 
     `query_index` [G, Q] holds the members' token indices (L marks a padding slot), `key_index` [G, U] the union's
-    token indices (padding slots point at a real key and are masked off), `mask` [G, Q, U] says which union key
-    each member attends (True = attend).
+    token indices, all in the group's key frame (padding slots point at a real key and are masked off), `mask`
+    [G, Q, U] says which union key each member attends (True = attend). Groups of different key frames may share a
+    block, so a query can appear in a block more than once (once per key frame).
     """
 
-    key_frame: int
     query_index: torch.Tensor
     key_index: torch.Tensor
     mask: torch.Tensor
+    query_source: torch.Tensor  # [G*Q] rows to read the queries from: a padding slot reads row 0
 
-    def to(self, device) -> "KeyFrameBlock":
+    def to(self, device) -> "GroupBlock":
         """The same block on `device`."""
-        return KeyFrameBlock(self.key_frame, self.query_index.to(device), self.key_index.to(device),
-                             self.mask.to(device))
+        return GroupBlock(*(t.to(device) for t in (self.query_index, self.key_index, self.mask, self.query_source)))
 
 
 @dataclass
@@ -73,7 +75,8 @@ class BlockLayout:
     @property
     def nbytes(self) -> int:
         """Memory of its tensors."""
-        return sum(t.numel() * t.element_size() for b in self.blocks for t in (b.query_index, b.key_index, b.mask))
+        return sum(t.numel() * t.element_size() for b in self.blocks
+                   for t in (b.query_index, b.key_index, b.mask, b.query_source))
 
     def to(self, device) -> "BlockLayout":
         """The same layout on `device`."""
@@ -253,7 +256,8 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
         raise ValueError(f"mask must be [L, L] with L a multiple of frames={frames}, got {list(mask.shape)}")
     n = L // frames
     per_frame = mask.view(L, frames, n).view(torch.uint8)  # 0/1 bytes, no copy
-    blocks, allowed, scored = [], 0, 0
+    query_frame = torch.arange(L, device=mask.device) // n
+    queries, keys, members_all, sizes_all, allowed = [], [], [], [], 0
     for j in range(frames):
         band = per_frame[:, j]  # [L, n]: every query against the cells of key frame j
         hits = band.amax(1).bool()
@@ -269,7 +273,6 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
         # Pool the queries of all frames (lines of different frames that coincide share keys), or keep each query
         # frame apart (better when every frame pair has its own pencil of lines, e.g. a static camera): take the
         # grouping that scores fewer pairs.
-        query_frame = torch.arange(L, device=mask.device) // n
         best = None
         for key in (signature, torch.where(hits, query_frame * n * n + signature, -1)):
             rows = torch.argsort(key, stable=True)[L - m:]
@@ -278,14 +281,25 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
                 best = grouped
         members, query_index, union, sizes = best
         # union cells first, in increasing cell order: column u of a group is its u-th union key
-        cells = torch.argsort(union, dim=1, descending=True, stable=True)
+        cells = torch.argsort(union, dim=1, descending=True, stable=True)[:, :int(sizes.max())]
+        queries.append(query_index)
+        keys.append(cells + j * n)
+        members_all.append(members.gather(2, cells[:, None, :].expand(-1, group_size, -1)))
+        sizes_all.append(sizes)
+    blocks, scored = [], 0
+    if queries:
+        # one width for all key frames: padding columns repeat a key of the group's frame and are masked off
+        widest = max(k.shape[1] for k in keys)
+        keys = torch.cat([torch.cat([k, k[:, :1].expand(-1, widest - k.shape[1])], 1) for k in keys])
+        members_all = torch.cat([torch.nn.functional.pad(x, (0, widest - x.shape[2])) for x in members_all])
+        queries, sizes = torch.cat(queries), torch.cat(sizes_all)
         by_size = torch.argsort(sizes, stable=True)
         for chunk in _split_by_rows(sizes[by_size].tolist(), block_rows):
             pick = by_size[chunk]
             u = int(sizes[pick].max())
-            key_cells = cells[pick, :u]  # [g, u]
-            block_mask = members[pick].gather(2, key_cells[:, None, :].expand(-1, group_size, -1)).bool()
-            blocks.append(KeyFrameBlock(j, query_index[pick], key_cells + j * n, block_mask))
+            query_index = queries[pick]
+            source = torch.where(query_index < L, query_index, 0).reshape(-1)
+            blocks.append(GroupBlock(query_index, keys[pick, :u], members_all[pick, :, :u].bool(), source))
             scored += pick.numel() * group_size * u
     return BlockLayout(L, frames, blocks, allowed, scored)
 
@@ -367,57 +381,106 @@ def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regist
     if register_k.shape[0] == 0:
         raise ValueError("gathered epipolar attention needs at least one register token (rows whose epipolar lines "
                          "leave every frame would otherwise have an empty softmax); use the dense path")
+    return gathered_attention_kv(q, torch.stack([k, v], dim=2), register_k, register_v, blocks, scale)
+
+
+def gathered_attention_kv(q: torch.Tensor, kv: torch.Tensor, register_k: torch.Tensor, register_v: torch.Tensor,
+                          blocks: EpipolarBlockMask, scale: float | None = None) -> torch.Tensor:
+    """`gathered_attention` with keys and values side by side, kv [B, L, 2, h, d] (any strides): one gather fetches
+    both, and the fused q/k/v projection of the module hands them over without a copy."""
+    B, L, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     out = q.new_empty(B, L, h, d)
     for index, layout in enumerate(blocks.layouts):
         members = [b for b, i in enumerate(blocks.batch_map) if i == index]
         sel = slice(None) if len(members) == B else torch.tensor(members, device=q.device)
-        result = _layout_attention(q[sel], k[sel], v[sel], register_k, register_v, layout, scale)
-        out[sel] = result
+        out[sel] = _layout_attention(q[sel], kv[sel], register_k, register_v, layout, scale)
     return out
 
 
-def _layout_attention(q, k, v, register_k, register_v, layout: BlockLayout, scale: float) -> torch.Tensor:
-    """q, k, v [b, L, h, d] sharing one layout -> [b, L, h, d]."""
+def _layout_attention(q, kv, register_k, register_v, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """q [b, L, h, d] and kv [b, L, 2, h, d] sharing one layout -> [b, L, h, d]."""
     b, L, h, d = q.shape
     acc_dtype = _work_dtype(q.dtype)
-    # Running softmax state per query, started from the registers; row L takes the padding slots' results.
+    # Softmax state per query row, as in flash attention: M the largest block log-sum-exp so far, S the sum of
+    # exp(lse - M) and O the matching sum of block outputs. Blocks mix key frames, so a row may come several times
+    # in one block: every update below (scatter max, index_add) is safe for repeated rows. Row L collects the
+    # padding slots. The registers, seen by every row, start the state.
     reg_scores = torch.einsum("blhd,rhd->blhr", q, register_k.to(q.dtype)).to(acc_dtype) * scale
-    acc_lse = torch.cat([reg_scores.logsumexp(-1), reg_scores.new_zeros(b, 1, h)], dim=1)  # [b, L+1, h]
-    acc_out = torch.einsum("blhr,rhd->blhd", reg_scores.softmax(-1), register_v.to(acc_dtype))
-    acc_out = torch.cat([acc_out, acc_out.new_zeros(b, 1, h, d)], dim=1)  # [b, L+1, h, d]
+    top = torch.cat([reg_scores.logsumexp(-1), reg_scores.new_zeros(b, 1, h)], dim=1)  # M [b, L+1, h]
+    total = torch.ones_like(top)  # S
+    acc = torch.einsum("blhr,rhd->blhd", reg_scores.softmax(-1), register_v.to(acc_dtype))
+    acc = torch.cat([acc, acc.new_zeros(b, 1, h, d)], dim=1)  # O [b, L+1, h, d]
+    # Gather targets reused by every block: a fresh buffer of tens of MB per block would be mapped anew by the
+    # allocator each time and pay a page fault per 4 KB, which made the gathers several times slower.
+    most_q = max((blk.query_source.numel() for blk in layout.blocks), default=0)
+    most_k = max((blk.key_index.numel() for blk in layout.blocks), default=0)
+    q_space = q.new_empty(b * most_q * h * d)
+    kv_space = kv.new_empty(b * most_k * 2 * h * d)
+    out_space = torch.empty(b * most_q * h * d, dtype=acc_dtype, device=q.device)
     for block in layout.blocks:
         g, n_q, n_k = block.mask.shape
         rows = block.query_index.reshape(-1)
-        keys = block.key_index.reshape(-1)
-        qg = q.index_select(1, rows.clamp(max=L - 1)).view(b * g, n_q, h, d).transpose(1, 2)  # [b g, h, Q, d]
-        kg = k.index_select(1, keys).view(b * g, n_k, h, d).transpose(1, 2)  # [b g, h, U, d]
-        vg = v.index_select(1, keys).view(b * g, n_k, h, d).transpose(1, 2)
-        mask = block.mask[:, None]
-        if b > 1:
-            mask = mask.repeat(b, 1, 1, 1)
-        o, lse = attention_with_lse(qg, kg, vg, mask, scale)
-        o = o.transpose(1, 2).reshape(b, g * n_q, h, d)
-        lse = lse.transpose(1, 2).reshape(b, g * n_q, h)
-        # merge this key frame's softmax into the running one (a query appears at most once per key frame, so
-        # only padding slots repeat, and they all land in the unused row L)
-        prev_lse = acc_lse.index_select(1, rows)
-        new_lse = torch.logaddexp(prev_lse, lse)
-        merged = acc_out.index_select(1, rows)
-        merged.mul_((prev_lse - new_lse).exp_()[..., None]).addcmul_(o, (lse - new_lse).exp_()[..., None])
-        acc_out.index_copy_(1, rows, merged)
-        acc_lse.index_copy_(1, rows, new_lse)
-    return acc_out[:, :L].to(q.dtype)
+        qg = torch.index_select(q, 1, block.query_source, out=q_space[:b * g * n_q * h * d].view(b, g * n_q, h, d))
+        qg = qg.view(b * g, n_q, h, d).transpose(1, 2)  # [b g, h, Q, d]
+        kvg = torch.index_select(kv, 1, block.key_index.reshape(-1),
+                                 out=kv_space[:b * g * n_k * 2 * h * d].view(b, g * n_k, 2, h, d))
+        kvg = kvg.view(b * g, n_k, 2, h, d)
+        kg, vg = kvg[:, :, 0].transpose(1, 2), kvg[:, :, 1].transpose(1, 2)  # [b g, h, U, d] views
+        with _serial(q.device):
+            mask = block.mask[:, None]
+            if b > 1:
+                mask = mask.repeat(b, 1, 1, 1)
+            bias = attention_bias(mask, q)
+        o, lse = attention_with_lse(qg, kg, vg, mask, scale, bias)
+        with _serial(q.device):
+            lse = lse.transpose(1, 2).reshape(b, g * n_q, h)
+            new_top = top.scatter_reduce(1, rows[None, :, None].expand(b, -1, h), lse, "amax")
+            rescale = (top - new_top).exp_()
+            moved = bool((new_top > top).any())
+            total.mul_(rescale)
+            top = new_top
+            weight = (lse - top.index_select(1, rows)).exp_()  # [b, GQ, h]
+            total.index_add_(1, rows, weight)
+        if moved:  # a row's running maximum grew: its sums so far are rescaled to the new maximum
+            acc.mul_(rescale[..., None])
+        # o [b g, h, Q, d] -> weighted rows [b, G*Q, h, d], the transpose done by the multiplication itself
+        weighted = out_space[:b * g * n_q * h * d].view(b * g, n_q, h, d)
+        torch.mul(o.transpose(1, 2), weight.view(b * g, n_q, h, 1), out=weighted)
+        acc.index_add_(1, rows, weighted.view(b, g * n_q, h, d))
+    return (acc[:, :L] / total[:, :L, :, None]).to(q.dtype)
+
+
+@contextlib.contextmanager
+def _serial(device: torch.device):
+    """Run the small per-row bookkeeping on one CPU thread: split across threads, each of these ~0.1 ms ops waits
+    for every thread at its end, which costs milliseconds whenever another process holds a core."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- one masked attention call that also returns the log-sum-exp -----------------------------------------------
 
-def attention_with_lse(q, k, v, mask, scale):
+def attention_bias(mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor | None:
+    """The additive mask (0 / -inf in q's dtype) the CPU flash kernel takes, or None when that kernel is not used."""
+    if q.device.type == "cpu" and _cpu_flash_works():
+        return torch.where(mask, 0.0, -math.inf).to(q.dtype)
+    return None
+
+
+def attention_with_lse(q, k, v, mask, scale, bias=None):
     """q [N,h,Q,d], k/v [N,h,U,d], mask bool [N,1,Q,U] -> (out [N,h,Q,d], lse [N,h,Q]); every row needs a key.
 
-    lse is float32 for half inputs, else the input dtype."""
+    lse is float32 for half inputs, else the input dtype. `bias` is `attention_bias(mask, q)` when already made."""
     if q.device.type == "cpu" and _cpu_flash_works():
-        bias = torch.where(mask, 0.0, -math.inf).to(q.dtype)
+        bias = attention_bias(mask, q) if bias is None else bias
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
                                                                               scale=scale)
         return out, lse.to(_work_dtype(q.dtype))
@@ -464,6 +527,6 @@ def _cpu_flash_works() -> bool:
     return _cpu_flash_state["ok"]
 
 
-__all__ = ["EpipolarBlockMask", "BlockLayout", "KeyFrameBlock", "build_layout", "cached_block_mask",
-           "gathered_attention",
-           "attention_with_lse", "attention_with_lse_math", "GATHER_COST_FACTOR", "MIN_SPARSE_TOKENS"]
+__all__ = ["EpipolarBlockMask", "BlockLayout", "GroupBlock", "build_layout", "cached_block_mask",
+           "gathered_attention", "gathered_attention_kv",
+           "attention_with_lse", "attention_with_lse_math", "attention_bias", "GATHER_COST_FACTOR", "MIN_SPARSE_TOKENS"]
