@@ -62,6 +62,22 @@ def test_tiny_loads_golden_state_dict_strict(models, variant):
     fresh.load_state_dict(sd, strict=True)
 
 
+def test_load_model_uses_the_given_tensors_without_copying():
+    # Parameters are assigned, not copied into a second, pre-allocated model (spec: multi-GB checkpoints).
+    sd = golden_state_dict("cami2v")
+    model = load_model(sd)
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    assert model.state_dict()[key].data_ptr() == sd[key].data_ptr()
+    assert not any(p.device.type == "meta" for p in model.parameters())
+    assert not model.training  # built for inference; call .train() to fine-tune
+
+
+def test_build_model_dtype_keeps_schedule_in_float32():
+    model = build_model("tiny", dtype="fp16")
+    assert model.dtype == torch.float16
+    assert all(getattr(model, n).dtype == torch.float32 for n in SCHEDULE_BUFFERS)
+
+
 def test_load_model_from_file_uses_header_config(tmp_path):
     sd = golden_state_dict("cami2v")
     cfg = PRESETS["tiny"].replace(base_scale=0.9)  # only the header can tell this custom value

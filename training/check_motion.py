@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratio", type=float, default=None, help="preset ratio (default: the CLI's, 0.1)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated presets to run")
     p.add_argument("--out", default=None, help="folder for the GIFs (optional)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -114,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --data (a dataset with a test split) or --image", file=sys.stderr)
         return 2
     T = model.config.temporal_length
-    per_family: dict[str, list[dict]] = {f: [] for f in FAMILIES}
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    per_family: dict[str, list[dict]] = {f: [] for f in families}
     for name, img in images:
         pic = torch.from_numpy(img.copy()).float()[None] / 255.0
-        for fam in FAMILIES:
+        for fam in families:
             frames = generate(model, pic, trajectory(fam, T, args.ratio), steps=args.steps, cfg_text=args.cfg,
                               seed=args.seed)
             frames = frames.numpy()
