@@ -3,9 +3,13 @@
     python -m training.export runs/tiny_synthetic/checkpoints/step_00001500 \
         --out cami2v_core/weights/cami2v-tiny-synthetic.safetensors --ema --max-mb 25
 
-The file loads with `cami2v_core.load_model` (no preset needed: the `cami2v_config` header entry says what to
+    python -m training.export cami2v_core/weights/cami2v-tiny-synthetic.safetensors --vae-only --dtype fp32 \
+        --out runs/vae_bundled/vae.safetensors
+
+The first form's file loads with `cami2v_core.load_model` (no preset needed: the `cami2v_config` header entry says what to
 build) and is what `python -m cami2v_core generate` and the ComfyUI loader use by default when it is the bundled
-model.
+model. The second copies out only the VAE (with its `latent_std`), the `init_parts` / `scale_factor_from` file of
+a training config (training/configs/compare_*.yaml), so new models can be trained on the same latent space.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, parse_dtype, save_safetensors
 from cami2v_core.model import load_model
+from training.train_vae import VAE_STD_METADATA_KEY
 
 
 def export(checkpoint: Path, out: Path, ema: bool = True, dtype: str = "fp16", max_mb: float | None = None,
@@ -55,6 +60,21 @@ def export(checkpoint: Path, out: Path, ema: bool = True, dtype: str = "fp16", m
     return header
 
 
+def export_vae(checkpoint: Path, out: Path, dtype: str = "fp32") -> dict:
+    """Write the VAE of a model file or checkpoint folder, with `latent_std` = 1 / its scale factor."""
+    src = checkpoint / "model.safetensors" if checkpoint.is_dir() else checkpoint
+    sd, meta = load_state_dict(src, dtype=parse_dtype(dtype))
+    vae = {k: v.contiguous() for k, v in sd.items() if k.startswith("first_stage_model.")}
+    if not vae or CONFIG_METADATA_KEY not in meta:
+        raise SystemExit(f"{src}: no VAE (first_stage_model.*) or no {CONFIG_METADATA_KEY!r} header entry; give a "
+                         "file written by training.train or training.export")
+    scale = json.loads(meta[CONFIG_METADATA_KEY])["scale_factor"]
+    header = {VAE_STD_METADATA_KEY: repr(1.0 / scale), "source": f"VAE of {src}"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(vae, out, metadata=header)
+    return header
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
@@ -64,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     p.add_argument("--max-mb", type=float, default=None, help="refuse a file larger than this (MiB)")
     p.add_argument("--decoder", default=None, help="VAE file whose decoder replaces the checkpoint's (same encoder)")
+    p.add_argument("--vae-only", action="store_true",
+                   help="write only the VAE and its latent_std (a training config's init_parts / scale_factor_from)")
     p.add_argument("--note", default=None, help="JSON object of extra header entries (e.g. the training command)")
     args = p.parse_args(argv)
+    if args.vae_only:
+        header = export_vae(Path(args.checkpoint), Path(args.out), args.dtype)
+        print(f"wrote {args.out}: the VAE of {args.checkpoint}, latent_std {header[VAE_STD_METADATA_KEY]}",
+              file=sys.stderr)
+        return 0
     header = export(Path(args.checkpoint), Path(args.out), args.ema, args.dtype, args.max_mb,
                     json.loads(args.note) if args.note else None, Path(args.decoder) if args.decoder else None)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB) from {header['source']}",
