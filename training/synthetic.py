@@ -39,7 +39,7 @@ from .camera_paths import FAMILIES, sample_intrinsics, sample_path
 from .render import DirectionalLight, Material, PointLight, Scene, Shape, load_scene, render_views, save_scene
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "Settings", "SyntheticDataError", "make_scene", "make_clip",
-           "pose_lines", "generate", "scene_for_clip", "render_views", "main"]
+           "pose_lines", "generate", "scene_for_clip", "scene_from_rng", "render_views", "main"]
 
 # Bump whenever the same seed and settings would give different files (scene sampling, paths, renderer, format).
 GENERATOR_VERSION = "1"
@@ -160,7 +160,14 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
     """Scene number `index` of `split` for the run seed: a textured room with 3-7 objects and lights."""
     if split not in SPLITS:
         raise SyntheticDataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    rng = np.random.default_rng(_seed_sequence(seed, split, index))
+    return scene_from_rng(np.random.default_rng(_seed_sequence(seed, split, index)),
+                          {"seed": int(seed), "split": split, "index": int(index),
+                           "scene_seed": scene_seed(seed, split, index)})
+
+
+def scene_from_rng(rng: np.random.Generator, info: dict) -> Scene:
+    """A room drawn from `rng` (what `make_scene` does with the stream of one scene); `info` is recorded in the
+    scene next to the generator version. The evaluation benchmark draws its rooms from its own streams this way."""
     room_size = [round(float(v), 3) for v in (rng.uniform(4.5, 8.0), rng.uniform(2.6, 3.4), rng.uniform(4.5, 8.0))]
     wall_pattern = list(_WALL_PATTERNS)[int(rng.integers(len(_WALL_PATTERNS)))]
     floor_pattern = list(_FLOOR_PATTERNS)[int(rng.integers(len(_FLOOR_PATTERNS)))]
@@ -186,8 +193,7 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
         point_lights=[PointLight([round(float(rng.uniform(-1, 1) * room_size[0] / 4), 3), room_size[1] - 0.15,
                                   round(float(rng.uniform(-1, 1) * room_size[2] / 4), 3)],
                                  round(float(rng.uniform(0.35, 0.6)), 3), round(float(rng.uniform(2.5, 4.0)), 3))],
-        info={"generator_version": GENERATOR_VERSION, "seed": int(seed), "split": split, "index": int(index),
-              "scene_seed": scene_seed(seed, split, index)},
+        info={"generator_version": GENERATOR_VERSION, **info},
     )
     scene.caption = caption_for(scene)
     return scene
