@@ -340,5 +340,9 @@ def test_quick_smoke_on_the_bundled_model(tmp_path, capsys):
         assert key in row
     assert 0 < row["psnr"] < 100 and -1 <= row["ssim"] <= 1 and row["videos"] == 1
     assert report["oracle"]["videos"] == 1 and "camera_metrics_meaningful" in report["oracle"]
+    static = report["static_first_frame"]
+    assert static["videos"] == 1 and 0 < static["psnr"] < 100 and static["change"] == 0
+    (vae,) = report["vae_roundtrip"].values()
+    assert vae["models"] == [name] and 0 < vae["psnr"] < 100
     assert report["benchmark"]["paths"] == 1 and report["settings"]["steps"] == 2
     assert "| model | PSNR |" in printed.out

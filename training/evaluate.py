@@ -8,8 +8,10 @@ For every camera path of the benchmark, each model gets the ground-truth first f
 caption as its prompt and the ground-truth cameras (w2c + intrinsics) as its trajectory, and generates a clip.
 Metrics per model: PSNR and SSIM of frames 1..T-1 against the ground-truth frames; RotErr, TransErr and CamMC
 (`training.metrics`) of the cameras that pycolmap + GLOMAP recover from the generated frames (`training.sfm`),
-against the requested ones; reconstruction failures are counted, never hidden. An "oracle" row runs the same
-reconstruction on the ground-truth frames themselves: what the camera pipeline can achieve at this resolution.
+against the requested ones; reconstruction failures are counted, never hidden. Reference rows: "oracle" runs the
+same reconstruction on the ground-truth frames themselves (what the camera pipeline can achieve at this
+resolution); "static first frame" holds the ground-truth first frame (the PSNR/SSIM of a clip that does not
+move); "vae" encodes and decodes the ground truth with each distinct VAE of the models (the ceiling that VAE sets).
 
 Benchmark scenes (see `benchmark_scene`) come from their own random-stream namespace, so they are never training
 or test scenes of any `training.synthetic` dataset.
@@ -326,6 +328,8 @@ def run(args, log=print) -> dict:
 
     from cami2v_core.bundled import bundled_model_path
 
+    from .metrics import psnr, ssim
+
     torch.set_num_threads(args.threads)
     camera = not args.no_camera
     _check_packages(camera, args.i3d)
@@ -391,6 +395,15 @@ def run(args, log=print) -> dict:
         if not meaningful:
             log("WARNING: the oracle reconstructs fewer than half the ground-truth clips; camera metrics below are "
                 "not meaningful")
+    # A clip that does not move: the ground-truth first frame held for all frames (PSNR/SSIM only; SfM has
+    # nothing to reconstruct). A model must beat it to show that its frames move the right way.
+    records = [{"path": c.index, "family": c.family,
+                "psnr": float(np.mean(psnr(np.repeat(c.frames[:1], frames - 1, 0), c.frames[1:]))),
+                "ssim": float(np.mean(ssim(np.repeat(c.frames[:1], frames - 1, 0), c.frames[1:]))),
+                "change": 0.0} for c in clips]
+    report["static_first_frame"] = {**summarize(records), "per_family": _per_family(records),
+                                    "note": "the ground-truth first frame repeated: a clip that does not move"}
+    log(f"static first frame: {_line(report['static_first_frame'])}")
     if not args.no_vae_row:
         # One row per distinct VAE: ground-truth frames through encode + decode, no sampling.
         report["vae_roundtrip"] = {}
@@ -462,12 +475,15 @@ def _save_strip(folder: Path, clip: BenchmarkClip, sample: int, video: np.ndarra
 
 
 def markdown_table(report: dict) -> str:
-    """The report's headline numbers as a Markdown table (model | PSNR | SSIM | RotErr | TransErr | CamMC | failures)."""
+    """The report's headline numbers as a Markdown table: model | PSNR | SSIM | RotErr | TransErr | CamMC |
+    failures (reconstruction failures / videos)."""
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     rows = ["| model | PSNR | SSIM | RotErr | TransErr | CamMC | failures |", "|---|---|---|---|---|---|---|"]
     items = [(f"{name} (round trip)", s) for name, s in report.get("vae_roundtrip", {}).items()]
+    if "static_first_frame" in report:
+        items.insert(0, ("static first frame (no motion)", report["static_first_frame"]))
     items += list(report["models"].items())
     if "oracle" in report:
         items.insert(0, ("oracle (ground-truth frames)", report["oracle"]))
