@@ -1,0 +1,86 @@
+"""Camera structures are built once per trajectory and reused by every layer, step and guidance branch (issue 8).
+
+Counted through a real sampling run of the golden tiny CamI2V model: the epipolar masks, the gathered layouts of
+those masks and the pose features are each made once per video, while the UNet calls that use them number
+steps x layers x branches.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cami2v_core import camera as camera_maths
+from cami2v_core.modules import epipolar as epi
+from cami2v_core.modules import epipolar_sparse
+from cami2v_core.modules.epipolar_sparse import EpipolarBlockMask
+from cami2v_core.pipeline import encode_conditioning, sample_latent
+from tests.synthetic_photo import make_photo
+from tests.test_pipeline import _orbit_w2c, _tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _auto_kernel():
+    yield
+    epi.set_kernel("auto")
+
+
+class Counter:
+    """Wraps a function and counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counters on the mask builder, the layout builder, the gathered attention and the pose encoder."""
+    model = _tiny_model("cami2v")
+    counters = {"masks": Counter(camera_maths.epipolar_structures),
+                "layouts": Counter(epipolar_sparse.build_layout),
+                "attention": Counter(epipolar_sparse._layout_attention),
+                "pose": Counter(model.pose_encoder.forward)}
+    monkeypatch.setattr(camera_maths, "epipolar_structures", counters["masks"])
+    monkeypatch.setattr(epipolar_sparse, "build_layout", counters["layouts"])
+    monkeypatch.setattr(epipolar_sparse, "_layout_attention", counters["attention"])
+    monkeypatch.setattr(model.pose_encoder, "forward", counters["pose"])
+    return model, counters
+
+
+@pytest.mark.parametrize("batch_branches", [True, False])
+def test_structures_are_built_once_per_video(counted, batch_branches):
+    model, counters = counted
+    epi.set_kernel("gathered")  # the tiny model's masks are small: "auto" would keep them dense
+    steps = 3
+    sample_latent(model, make_photo(64, 64, seed=1), _orbit_w2c(), None, "a valley", "blurry", steps=steps, seed=5,
+                  cfg_text=5.0, cfg_camera=2.0, batch_branches=batch_branches)
+    levels = len(model.config.epipolar["attention_resolution"])
+    assert counters["masks"].calls == 1
+    assert counters["pose"].calls == 1
+    assert counters["layouts"].calls == levels  # one layout per mask stride, for one trajectory
+    # every epipolar block of every camera branch call of every step used one of those layouts
+    blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
+    camera_calls = steps * (1 if batch_branches else 2)  # cond + uncond share the camera; nocam has none
+    assert counters["attention"].calls == blocks * camera_calls
+
+
+def test_condition_holds_the_gathered_form_only(counted):
+    """The camera condition of a video keeps no dense mask that the kernel gathers (268 MB at the 256 model's
+    32x32 level); layouts are built while encoding, before the first UNet call."""
+    model, counters = counted
+    epi.set_kernel("gathered")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    masks = cond.camera.epipolar_masks
+    assert masks and all(isinstance(m, EpipolarBlockMask) for m in masks.values())
+    assert counters["layouts"].calls == len(masks)
+
+
+def test_auto_keeps_small_masks_dense_in_the_condition(counted):
+    model, counters = counted
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    assert all(torch.is_tensor(m) and m.dtype == torch.bool for m in cond.camera.epipolar_masks.values())
+    assert counters["layouts"].calls == 0
