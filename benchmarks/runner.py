@@ -75,7 +75,7 @@ def prepare_camera(model, w2c, K, frames: int, device: torch.device, seed: int):
         if model.pose_encoder is not None and device.type == "cuda":
             model.pose_encoder.to("cpu")  # runs once per video: off the GPU while the UNet samples
         # as the pipeline does: only the gathered form of the masks the kernel gathers is kept
-        camera = compact_camera(model, camera, device)
+        camera = compact_camera(model, camera, device, frames)
         if camera is not None and camera.epipolar_masks is not None:
             registers = int(model.config.epipolar.get("num_register_tokens", 0))
             info.update(epipolar_module.prepare_masks(camera.epipolar_masks, frames, registers, device))
