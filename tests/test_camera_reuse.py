@@ -38,15 +38,18 @@ class Counter:
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Counters on the mask builder, the layout builder, the gathered attention and the pose encoder."""
+    """Counters on the mask builder, the layout builder, the gathered attention (both layouts) and the pose
+    encoder."""
     model = _tiny_model("cami2v")
     counters = {"masks": Counter(camera_maths.epipolar_structures),
                 "layouts": Counter(epipolar_sparse.build_layout),
-                "attention": Counter(epipolar_sparse._layout_attention),
+                "merged": Counter(epipolar_sparse._layout_attention),
+                "once": Counter(epipolar_sparse._once_attention),
                 "pose": Counter(model.pose_encoder.forward)}
     monkeypatch.setattr(camera_maths, "epipolar_structures", counters["masks"])
     monkeypatch.setattr(epipolar_sparse, "build_layout", counters["layouts"])
-    monkeypatch.setattr(epipolar_sparse, "_layout_attention", counters["attention"])
+    monkeypatch.setattr(epipolar_sparse, "_layout_attention", counters["merged"])
+    monkeypatch.setattr(epipolar_sparse, "_once_attention", counters["once"])
     monkeypatch.setattr(model.pose_encoder, "forward", counters["pose"])
     return model, counters
 
@@ -65,7 +68,7 @@ def test_structures_are_built_once_per_video(counted, batch_branches):
     # every epipolar block of every camera branch call of every step used one of those layouts
     blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
     camera_calls = steps * (1 if batch_branches else 2)  # cond + uncond share the camera; nocam has none
-    assert counters["attention"].calls == blocks * camera_calls
+    assert counters["once"].calls + counters["merged"].calls == blocks * camera_calls
 
 
 def test_condition_holds_the_gathered_form_only(counted):

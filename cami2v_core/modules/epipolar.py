@@ -16,8 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attention, merge_heads, split_heads
-from .epipolar_sparse import GATHER_COST_FACTOR, MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, \
-    gathered_attention_kv
+from .epipolar_sparse import MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, gathered_attention_kvr
 
 # epipolar_config switches of the original that change the branch and that no released model uses (golden README §2);
 # a config that turns one on is refused instead of silently computing something else.
@@ -61,15 +60,15 @@ def _may_gather(mask) -> bool:
 def gathered_form(mask: torch.Tensor, frames: int, num_register_tokens: int, device=None) -> EpipolarBlockMask | None:
     """The cached EpipolarBlockMask of a bool mask [B, L, L] if the kernel in force gathers it, else None (dense).
 
-    "auto" gathers when the blocks score few enough pairs to beat one dense SDPA call (GATHER_COST_FACTOR,
-    measured in docs/performance.md). Registers are needed: without them a row can have nothing to attend.
+    "auto" gathers when the cost model of epipolar_sparse (calibrated in docs/performance.md) says the gathered
+    blocks beat one dense SDPA call. Registers are needed: without them a row can have nothing to attend.
     """
     if isinstance(mask, EpipolarBlockMask):
         return mask
     if num_register_tokens == 0 or not _may_gather(mask):
         return None
     blocks = cached_block_mask(mask, frames, num_register_tokens, device=device)
-    if get_kernel() == "gathered" or blocks.scored_fraction * GATHER_COST_FACTOR < 1:
+    if get_kernel() == "gathered" or blocks.relative_cost < 1:
         return blocks
     return None
 
@@ -77,21 +76,24 @@ def gathered_form(mask: torch.Tensor, frames: int, num_register_tokens: int, dev
 def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, device=None) -> dict:
     """Build the gathered form of every mask the kernel will gather, before the first UNet call needs it.
 
-    masks {stride: bool [B, L, L]} -> {stride: {"tokens", "density", "scored_fraction", "kernel"}} for reports.
+    masks {stride: bool [B, L, L]} -> {stride: {"tokens", "density", "scored_fraction", "kernel", "layout",
+    "relative_cost"}} for reports (relative_cost: modelled gathered time over dense time).
     The forms are cached on the masks, so the UNet finds them; calling this is optional.
     """
     info = {}
     for stride, mask in (masks or {}).items():
         if isinstance(mask, EpipolarBlockMask):
             info[int(stride)] = {"tokens": mask.length, "kernel": "gathered", "density": mask.density,
-                                 "scored_fraction": mask.scored_fraction, "bytes": mask.nbytes}
+                                 "scored_fraction": mask.scored_fraction, "bytes": mask.nbytes,
+                                 "layout": sorted(set(mask.kinds)), "relative_cost": mask.relative_cost}
             continue
         blocks = gathered_form(mask, frames, num_register_tokens, device)
         entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else "dense"}
         probe = blocks if blocks is not None else (
             cached_block_mask(mask, frames, num_register_tokens, device) if _may_gather(mask) else None)
         if probe is not None:
-            entry.update(density=probe.density, scored_fraction=probe.scored_fraction, bytes=probe.nbytes)
+            entry.update(density=probe.density, scored_fraction=probe.scored_fraction, bytes=probe.nbytes,
+                         layout=sorted(set(probe.kinds)), relative_cost=probe.relative_cost)
         else:
             entry.update(density=int(torch.count_nonzero(mask)) / mask.numel())
         info[int(stride)] = entry
@@ -178,14 +180,18 @@ class RegisterTokenAttention(nn.Module):
         """The same attention with only the allowed pairs scored (epipolar_sparse.py). x [B, L, C] -> [B, L, C]."""
         b, length, _ = x.shape
         inner = self.to_q.weight.shape[0]
-        # q alone and k, v in one GEMM, each into its own contiguous tensor: the gathers below read rows of them,
-        # and index_select copies a strided source whole before every gather (a 60 MB copy per block at 32x32)
+        R = self.num_register_tokens
+        # q alone and k, v in one GEMM, each into its own contiguous tensor: the gathers read rows of them, and
+        # index_select copies a strided source whole before every gather (a 60 MB copy per block at 32x32). The
+        # register tokens' keys and values go in the rows after the tokens', so one gather fetches both.
         q = self.to_q(x).view(b, length, self.heads, -1)
-        kv = F.linear(x, torch.cat([self.to_k.weight, self.to_v.weight])).view(b, length, 2, self.heads, -1)
-        registers = self.register_tokens[0].to(x.dtype)  # [R, C]
-        register_k = self.to_k(registers).view(self.num_register_tokens, self.heads, -1)
-        register_v = self.to_v(registers).view(self.num_register_tokens, self.heads, -1)
-        out = gathered_attention_kv(q, kv, register_k, register_v, blocks.to(x.device))  # [B, L, h, d]
+        w_kv = torch.cat([self.to_k.weight, self.to_v.weight])  # [2*inner, C]
+        kvr = x.new_empty(b, length + R, 2 * inner)
+        for e in range(b):
+            torch.mm(x[e], w_kv.t(), out=kvr[e, :length])
+        kvr[:, length:] = F.linear(self.register_tokens[0].to(x.dtype), w_kv)
+        out = gathered_attention_kvr(q, kvr.view(b, length + R, 2, self.heads, -1), R,
+                                     blocks.to(x.device))  # [B, L, h, d]
         return self.to_out(out.reshape(b, length, inner))
 
 

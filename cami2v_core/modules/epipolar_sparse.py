@@ -1,18 +1,25 @@
 """Epipolar attention that skips the pairs the mask excludes (issue 8); same softmax, far fewer scores.
 
-At 256x256 only ~4% of the (query, key) pairs of the 32x32 level lie on an epipolar band (8% at 16x16), yet the
+At 256x256 only ~4% of the (query, key) pairs of the 32x32 level lie on an epipolar band (7% at 16x16), yet the
 dense branch scores all of them: 2.17 of the 7.12 TFLOP of a CamI2V UNet forward. The camera does not change while
-sampling, so each mask is turned once into gathered blocks and reused by every layer, step and guidance branch:
+sampling, so each mask is turned once into gathered blocks (a `BlockLayout`) and reused by every layer, step and
+guidance branch. Two layouts exist; `build_layout` builds the one its cost model (COST_*) says runs faster:
 
-* Per key frame j, the queries (of all frames) with at least one key in j are sorted by the first and the last key
-  cell of their band in j. Bands that enter and leave frame j at the same cells lie on nearly the same line, so runs
-  of `group_size` consecutive queries share most of their keys. Each run is a group; its keys are the union of its
-  members' bands (1.2-1.9x the keys a member needs on orbit, pan and zoom paths; up to 4x for a static camera,
-  whose perturbed lines have a random orientation per frame pair, spec §4.4.6).
-* Groups of similar union size (of any key frame) are padded to one size and attended in one call: [members] x
-  [union keys] with the group's small boolean mask. Each group gives a softmax over part of a query's keys; the
-  parts are merged through their log-sum-exp (as flash attention merges key blocks), starting from the register
-  tokens that every query sees. Few, large calls matter on a CPU: every parallel op waits for its slowest thread.
+* "once": every query is in exactly one group. Within each query frame the queries are ordered either in raster
+  order or by the line their band draws in a distant key frame (first and last key cell): points on one epipolar
+  line of frame i map to one line in every other frame when the camera centres are (nearly) collinear, as on
+  orbit, pan and zoom paths, so runs of `group_size` consecutive queries share most of their keys in all frames.
+  A group's keys are the union of its members' bands over all frames, with the register tokens in front, and one
+  attention call gives the members' final output: no merging at all.
+* "merged": per key frame j, the queries (of all frames) with keys in j are sorted by the first and last key cell
+  of their band in j, and runs of `group_size` share a union of keys in that frame only. This stays tight when the
+  lines of different frame pairs are unrelated (a static camera, whose perturbed lines have a random orientation
+  per pair, spec §4.4.6), but a query then appears once per key frame, and its parts are merged through their
+  log-sum-exp (as flash attention merges key blocks), starting from the register tokens that every query sees.
+
+In both, groups of similar union size are padded to one size and attended in one call: [members] x [union keys]
+with the group's small boolean mask. Few, large calls matter on a CPU: every parallel op waits for its slowest
+thread, and the CPU attention kernel pays a fixed cost per query row of each call.
 
 The softmax runs over exactly the keys the dense mask allows, so the result equals the dense masked attention up to
 float round-off (tests/test_epipolar_sparse.py holds the dense reference against every path here).
@@ -25,16 +32,30 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-# Cost model for choosing dense or gathered attention per mask (see docs/performance.md for the measurements):
-# a gathered score costs about this many dense scores (gathers, merges, small blocks), and below this many tokens
-# the dense kernel wins outright.
-GATHER_COST_FACTOR = 3.0
+# Below this many tokens the dense kernel is used outright (the 256 model's 8x8 and 4x4 levels).
 MIN_SPARSE_TOKENS = 2048
-# Queries per group and the most key rows one attention call gathers. From 32 to 256 queries per group the time at
-# the 32x32 level hardly moves (fewer keys per query against larger, faster blocks); 64 keeps the layout small.
+# Queries per group and the most key rows one attention call gathers. "merged" groups are 64 queries (from 32 to
+# 256 the time at the 32x32 level hardly moves); "once" tries each of ONCE_GROUP_SIZES and keeps the cheapest.
 GROUP_SIZE = 64
+ONCE_GROUP_SIZES = (16, 32, 64)
 BLOCK_ROWS = 16384
+LAYOUT_KINDS = ("auto", "once", "merged")
+# Cost model, seconds per attention head (64 channels) on the 2-core CPU of docs/performance.md, measured with
+# torch's CPU flash kernel: a fixed cost per query row of an attention call, one per scored (query, key) pair,
+# one per gathered key row (key and value), and for "merged" layouts one per query slot (gathering the query,
+# weighting and accumulating its partial output). Dense attention costs COST_PAIR per pair of the full L x L. The
+# model only ranks layouts and picks dense or gathered; docs/performance.md has the measured times.
+COST_ROW = 0.4e-6
+COST_PAIR = 4.5e-9
+COST_GATHER = 40e-9
+COST_MERGE = 60e-9
+
+
+def dense_cost(length: int) -> float:
+    """Modelled seconds per head of one dense masked attention over `length` tokens."""
+    return COST_PAIR * length * length
 
 
 @dataclass
@@ -65,7 +86,16 @@ class BlockLayout:
     frames: int
     blocks: list
     allowed: int        # True entries of the mask (query-key pairs the softmax runs over)
-    scored: int         # pairs the blocks score, padding included
+    scored: int         # pairs the blocks score, padding included (register columns not counted)
+    kind: str = "merged"  # "once": each query in one group, registers in every group; "merged": see module doc
+    slots: int = 0      # query rows over all groups, padding included
+    key_rows: int = 0   # key rows gathered over all groups, padding included
+
+    @property
+    def cost(self) -> float:
+        """Modelled seconds per attention head of one call (see COST_*)."""
+        per_slot = COST_ROW + (COST_MERGE if self.kind == "merged" else 0.0)
+        return per_slot * self.slots + COST_PAIR * self.scored + COST_GATHER * self.key_rows
 
     @property
     def device(self) -> torch.device:
@@ -80,7 +110,8 @@ class BlockLayout:
 
     def to(self, device) -> "BlockLayout":
         """The same layout on `device`."""
-        return BlockLayout(self.length, self.frames, [b.to(device) for b in self.blocks], self.allowed, self.scored)
+        return BlockLayout(self.length, self.frames, [b.to(device) for b in self.blocks], self.allowed, self.scored,
+                           self.kind, self.slots, self.key_rows)
 
 
 class EpipolarBlockMask:
@@ -97,16 +128,18 @@ class EpipolarBlockMask:
         self.batch_map = list(batch_map)
 
     @classmethod
-    def from_dense(cls, mask: torch.Tensor, frames: int, num_register_tokens: int = 0, group_size: int = GROUP_SIZE,
-                   block_rows: int = BLOCK_ROWS) -> "EpipolarBlockMask":
-        """Bool mask [B, L, L] (or [B, L, R+L] with True register columns) of `frames` frames -> gathered form."""
+    def from_dense(cls, mask: torch.Tensor, frames: int, num_register_tokens: int = 0, group_size: int | None = None,
+                   block_rows: int = BLOCK_ROWS, kind: str = "auto") -> "EpipolarBlockMask":
+        """Bool mask [B, L, L] (or [B, L, R+L] with True register columns) of `frames` frames -> gathered form.
+
+        kind: "once", "merged" or "auto" (the cheaper by the cost model); group_size None = the kind's default."""
         mask = _strip_registers(mask, num_register_tokens)
         layouts, batch_map, sources = [], [], []
         for b in range(mask.shape[0]):
             index = _find_same(mask[b], sources)
             if index is None:
                 sources.append(mask[b])
-                layouts.append(build_layout(mask[b], frames, group_size, block_rows))
+                layouts.append(build_layout(mask[b], frames, group_size, block_rows, kind))
                 index = len(layouts) - 1
             batch_map.append(index)
         return cls(layouts, batch_map)
@@ -156,6 +189,16 @@ class EpipolarBlockMask:
     def nbytes(self) -> int:
         """Memory held by the index tensors and block masks."""
         return sum(layout.nbytes for layout in self.layouts)
+
+    @property
+    def kinds(self) -> list:
+        """The layout kind of each batch element ("once" or "merged")."""
+        return [self.layouts[i].kind for i in self.batch_map]
+
+    @property
+    def relative_cost(self) -> float:
+        """Modelled time of the gathered attention over that of dense masked attention (< 1: gathering pays)."""
+        return sum(self.layouts[i].cost for i in self.batch_map) / (self.batch_size * dense_cost(self.length))
 
     def repeat_batch(self, n: int) -> "EpipolarBlockMask":
         """The batch repeated n times ([m0, m1] -> [m0, m1, m0, m1]), sharing the layouts."""
@@ -244,16 +287,132 @@ def _find_same(mask: torch.Tensor, sources: list) -> int | None:
 
 
 @torch.no_grad()
-def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
-                 block_rows: int = BLOCK_ROWS) -> BlockLayout:
+def build_layout(mask: torch.Tensor, frames: int, group_size: int | None = None, block_rows: int = BLOCK_ROWS,
+                 kind: str = "auto") -> BlockLayout:
     """Bool [L, L] mask of `frames` frames (frame-major tokens) -> its gathered layout (see the module docstring).
 
-    `group_size` queries share one key union; a block holds groups of similar union size with at most about
-    `block_rows` key rows in all, which bounds the memory of one attention call.
+    `group_size` queries share one key union (None: GROUP_SIZE for "merged", the cheapest of ONCE_GROUP_SIZES for
+    "once"); a block holds groups of similar union size with at most about `block_rows` key rows in all, which
+    bounds the memory of one attention call. kind "auto" builds "once" and, only when the cost model says a
+    "merged" layout could beat it, "merged" too, and keeps the cheaper.
     """
+    if kind not in LAYOUT_KINDS:
+        raise ValueError(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}, got {kind!r}")
     L = mask.shape[-1]
-    if mask.shape != (L, L) or L % frames:
+    if mask.dim() != 2 or mask.shape[0] != L or L % frames:
         raise ValueError(f"mask must be [L, L] with L a multiple of frames={frames}, got {list(mask.shape)}")
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if kind == "merged":
+        return _merged_layout(mask, frames, group_size or GROUP_SIZE, block_rows)
+    once = _once_layout(mask, frames, group_size, block_rows)
+    if kind == "once":
+        return once
+    # a merged layout has a slot per (query, key frame) with keys and scores at least every allowed pair
+    n = L // frames
+    hits = int(mask.view(L, frames, n).any(-1).sum())
+    if once.cost <= (COST_ROW + COST_MERGE) * hits + COST_PAIR * once.allowed:
+        return once
+    merged = _merged_layout(mask, frames, group_size or GROUP_SIZE, block_rows)
+    return merged if merged.cost < once.cost else once
+
+
+def _once_layout(mask: torch.Tensor, frames: int, group_size: int | None, block_rows: int) -> BlockLayout:
+    """The "once" layout of a bool [L, L] mask (module docstring): each query in one group over all key frames."""
+    L = mask.shape[-1]
+    n = L // frames
+    sizes = (group_size,) if group_size else tuple(s for s in ONCE_GROUP_SIZES if s <= max(n, ONCE_GROUP_SIZES[0]))
+    rows_u8 = mask.view(torch.uint8)
+    # per query frame and group size: the query order (raster, or by the line in the farthest key frame) whose
+    # groups gather the fewest keys, with its groups' unions
+    choices = {size: [] for size in sizes}
+    for i in range(frames):
+        band = rows_u8[i * n:(i + 1) * n]  # [n, L]: the queries of frame i against every key
+        far = frames - 1 if i < frames / 2 else 0
+        candidates = []
+        for order in (torch.arange(n, device=mask.device), _line_order(band[:, far * n:(far + 1) * n])):
+            unions = _unions(band.index_select(0, order), sizes)
+            candidates.append((order, unions))
+        for size in sizes:
+            order, unions = min(candidates, key=lambda c: int(c[1][size][1].sum()))
+            groups = unions[size][0].shape[0]
+            pad = groups * size - n
+            query_index = torch.cat([order + i * n, order.new_full((pad,), L)]).view(groups, size)
+            choices[size].append((query_index, *unions[size]))
+    best = None
+    for size in sizes:
+        query_index = torch.cat([c[0] for c in choices[size]])
+        union = torch.cat([c[1] for c in choices[size]])
+        counts = torch.cat([c[2] for c in choices[size]])
+        cost = COST_ROW * query_index.numel() + float((_pair_cost(size) * size + COST_GATHER) * counts.sum())
+        if best is None or cost < best[0]:
+            best = (cost, query_index, union, counts)
+    _, query_index, union, counts = best
+    size = query_index.shape[1]
+    by_size = torch.argsort(counts, stable=True)
+    blocks, scored, key_rows = [], 0, 0
+    for chunk in _split_by_rows(counts[by_size].tolist(), block_rows):
+        pick = by_size[chunk]
+        u = int(counts[pick].max())
+        qi = query_index[pick]  # [g, Q]
+        source = torch.where(qi < L, qi, 0)
+        # column c of a group is its c-th union key in increasing cell order; padding columns point at cell 0
+        group, cell = torch.nonzero(union[pick], as_tuple=True)  # row-major: cells ascending within each group
+        starts = torch.cumsum(counts[pick], 0) - counts[pick]
+        cells = torch.zeros(len(pick), u, dtype=torch.long, device=mask.device)
+        cells[group, torch.arange(cell.numel(), device=mask.device) - starts[group]] = cell
+        members = mask[source[:, :, None], cells[:, None, :]]  # [g, Q, u]
+        valid = torch.arange(u, device=mask.device) < counts[pick][:, None]  # [g, u]: real union columns
+        members &= valid[:, None, :]
+        if bool((qi == L).any()):
+            members &= (qi < L)[:, :, None]  # padding slots see no key (the registers keep their softmax finite)
+        blocks.append(GroupBlock(qi, cells, members, source.reshape(-1)))
+        scored += qi.numel() * u
+        key_rows += len(pick) * u
+    return BlockLayout(L, frames, blocks, int(torch.count_nonzero(mask)), scored, "once", query_index.numel(),
+                       key_rows)
+
+
+def _pair_cost(group_size: int) -> float:
+    """COST_PAIR for groups of `group_size` queries: tiles of fewer than 32 rows run the CPU kernel ~1.5x slower."""
+    return COST_PAIR * (1.5 if group_size < 32 else 1.0)
+
+
+def _unions(members: torch.Tensor, sizes) -> dict:
+    """members [m, L] uint8 (query rows in group order) -> {size: (union [G, L] bool, counts [G])} for runs of
+    `size` rows (the last run padded); a size that is a multiple of a smaller one pools that one's unions."""
+    m = members.shape[0]
+    out = {}
+    for size in sorted(sizes):
+        groups = -(-m // size)
+        smaller = [s for s in out if size % s == 0]
+        if smaller:
+            s = max(smaller)
+            union, r = out[s][0], size // s
+            extra = groups * r - union.shape[0]
+            if extra:
+                union = torch.cat([union, union.new_zeros(extra, union.shape[1])])
+            union = union.view(groups, r, -1).any(1)
+        else:
+            pad = groups * size - m
+            rows = torch.cat([members, members.new_zeros(pad, members.shape[1])]) if pad else members
+            union = rows.view(groups, size, -1).amax(1).bool()
+        out[size] = (union, torch.count_nonzero(union, dim=1))
+    return out
+
+
+def _line_order(band: torch.Tensor) -> torch.Tensor:
+    """Queries ordered by the first and last key cell of their band in one key frame: band [m, n] uint8 -> [m]."""
+    n = band.shape[1]
+    hits = band.amax(1).bool()
+    first = band.argmax(1)
+    last = (n - 1) - band.flip(1).argmax(1)
+    return torch.argsort(torch.where(hits, first * n + last, -1), stable=True)
+
+
+def _merged_layout(mask: torch.Tensor, frames: int, group_size: int, block_rows: int) -> BlockLayout:
+    """The "merged" layout of a bool [L, L] mask (module docstring): groups per key frame, merged by LSE."""
+    L = mask.shape[-1]
     n = L // frames
     per_frame = mask.view(L, frames, n).view(torch.uint8)  # 0/1 bytes, no copy
     query_frame = torch.arange(L, device=mask.device) // n
@@ -286,7 +445,7 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
         keys.append(cells + j * n)
         members_all.append(members.gather(2, cells[:, None, :].expand(-1, group_size, -1)))
         sizes_all.append(sizes)
-    blocks, scored = [], 0
+    blocks, scored, slots, key_rows = [], 0, 0, 0
     if queries:
         # one width for all key frames: padding columns repeat a key of the group's frame and are masked off
         widest = max(k.shape[1] for k in keys)
@@ -301,7 +460,9 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int = GROUP_SIZE,
             source = torch.where(query_index < L, query_index, 0).reshape(-1)
             blocks.append(GroupBlock(query_index, keys[pick, :u], members_all[pick, :, :u].bool(), source))
             scored += pick.numel() * group_size * u
-    return BlockLayout(L, frames, blocks, allowed, scored)
+            slots += pick.numel() * group_size
+            key_rows += pick.numel() * u
+    return BlockLayout(L, frames, blocks, allowed, scored, "merged", slots, key_rows)
 
 
 def _group(band: torch.Tensor, rows: torch.Tensor, group_size: int, length: int):
@@ -332,7 +493,8 @@ def _split_by_rows(sizes: list, block_rows: int, spread: float = 1.25) -> list:
 # -- building once per mask storage ------------------------------------------------------------------------------
 
 def cached_block_mask(mask: torch.Tensor, frames: int, num_register_tokens: int = 0, device=None,
-                      group_size: int = GROUP_SIZE, block_rows: int = BLOCK_ROWS) -> EpipolarBlockMask:
+                      group_size: int | None = None, block_rows: int = BLOCK_ROWS,
+                      kind: str = "auto") -> EpipolarBlockMask:
     """The gathered form of a dense bool mask [B, L, L] or [B, L, R+L], built once per mask and reused.
 
     The layouts are kept on the tensor that owns the mask's storage, so every layer, step and guidance branch that
@@ -347,7 +509,7 @@ def cached_block_mask(mask: torch.Tensor, frames: int, num_register_tokens: int 
     layouts, batch_map, sources = [], [], []
     for b in range(stripped.shape[0]):
         element = stripped[b]
-        key = (element.data_ptr(), element.stride(), tuple(element.shape), frames, group_size, block_rows,
+        key = (element.data_ptr(), element.stride(), tuple(element.shape), frames, group_size, block_rows, kind,
                _version(owner), str(device))
         layout = cache.get(key)
         if layout is None:
@@ -355,7 +517,7 @@ def cached_block_mask(mask: torch.Tensor, frames: int, num_register_tokens: int 
             if same is not None:
                 layout = layouts[same]
             else:
-                layout = build_layout(element, frames, group_size, block_rows).to(device)
+                layout = build_layout(element, frames, group_size, block_rows, kind).to(device)
             cache[key] = layout
         index = next((i for i, known in enumerate(layouts) if known is layout), None)
         if index is None:
@@ -374,33 +536,85 @@ def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regist
 
     Equals softmax(q [reg; k]^T * scale, masked by `blocks` with the register columns always on) [reg; v].
     """
-    B, L, h, d = q.shape
-    if blocks.batch_size != B or blocks.length != L:
-        raise ValueError(f"epipolar block mask is for batch {blocks.batch_size} x {blocks.length} tokens but the "
-                         f"tokens are [{B}, {L}]: build it from the masks of this latent size and batch")
-    if register_k.shape[0] == 0:
-        raise ValueError("gathered epipolar attention needs at least one register token (rows whose epipolar lines "
-                         "leave every frame would otherwise have an empty softmax); use the dense path")
     return gathered_attention_kv(q, torch.stack([k, v], dim=2), register_k, register_v, blocks, scale)
 
 
 def gathered_attention_kv(q: torch.Tensor, kv: torch.Tensor, register_k: torch.Tensor, register_v: torch.Tensor,
                           blocks: EpipolarBlockMask, scale: float | None = None) -> torch.Tensor:
-    """`gathered_attention` with keys and values side by side, kv [B, L, 2, h, d] (any strides): one gather fetches
-    both, and the fused q/k/v projection of the module hands them over without a copy."""
+    """`gathered_attention` with keys and values side by side, kv [B, L, 2, h, d]."""
+    B, L = kv.shape[:2]
+    registers = torch.stack([register_k, register_v], dim=1).to(kv.dtype)  # [R, 2, h, d]
+    kvr = torch.cat([kv, registers[None].expand(B, -1, -1, -1, -1)], dim=1)
+    return gathered_attention_kvr(q, kvr, register_k.shape[0], blocks, scale)
+
+
+def gathered_attention_kvr(q: torch.Tensor, kvr: torch.Tensor, num_register_tokens: int, blocks: EpipolarBlockMask,
+                           scale: float | None = None) -> torch.Tensor:
+    """The gathered attention with keys and values of the tokens and then of the R register tokens in one tensor:
+    q [B, L, h, d], kvr [B, L+R, 2, h, d] (rows L.. are the registers, the same for every batch element) ->
+    [B, L, h, d]. One gather then fetches a group's keys, values and registers together."""
     B, L, h, d = q.shape
+    R = int(num_register_tokens)
+    if blocks.batch_size != B or blocks.length != L:
+        raise ValueError(f"epipolar block mask is for batch {blocks.batch_size} x {blocks.length} tokens but the "
+                         f"tokens are [{B}, {L}]: build it from the masks of this latent size and batch")
+    if R < 1:
+        raise ValueError("gathered epipolar attention needs at least one register token (rows whose epipolar lines "
+                         "leave every frame would otherwise have an empty softmax); use the dense path")
+    if tuple(kvr.shape) != (B, L + R, 2, h, d):
+        raise ValueError(f"kvr must be [B, L+R, 2, h, d] = {[B, L + R, 2, h, d]}, got {list(kvr.shape)}")
     scale = d ** -0.5 if scale is None else scale
     out = q.new_empty(B, L, h, d)
     for index, layout in enumerate(blocks.layouts):
         members = [b for b, i in enumerate(blocks.batch_map) if i == index]
         sel = slice(None) if len(members) == B else torch.tensor(members, device=q.device)
-        out[sel] = _layout_attention(q[sel], kv[sel], register_k, register_v, layout, scale)
+        if layout.kind == "once":
+            out[sel] = _once_attention(q[sel], kvr[sel], R, layout, scale)
+        else:
+            out[sel] = _layout_attention(q[sel], kvr[sel], R, layout, scale)
     return out
 
 
-def _layout_attention(q, kv, register_k, register_v, layout: BlockLayout, scale: float) -> torch.Tensor:
-    """q [b, L, h, d] and kv [b, L, 2, h, d] sharing one layout -> [b, L, h, d]."""
+def _once_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """q [b, L, h, d] and kvr [b, L+R, 2, h, d] sharing one "once" layout -> [b, L, h, d].
+
+    Every query is in exactly one group, whose keys are the registers and the group's union: one attention call per
+    block gives the final rows, written straight into the output."""
     b, L, h, d = q.shape
+    out = q.new_empty(b, L + 1, h, d)  # row L takes the padding slots
+    registers = torch.arange(L, L + R, device=q.device)
+    # gather and mask buffers reused by every block (fresh ones would be mapped anew by the allocator each time)
+    most_q = max((blk.query_source.numel() for blk in layout.blocks), default=0)
+    most_k = max((blk.mask.shape[0] * (R + blk.mask.shape[2]) for blk in layout.blocks), default=0)
+    most_m = max((blk.mask.shape[1] * (R + blk.mask.shape[2]) * blk.mask.shape[0] for blk in layout.blocks),
+                 default=0)
+    q_space = q.new_empty(most_q * h * d)
+    kv_space = kvr.new_empty(most_k * 2 * h * d)
+    bias_space = q.new_empty(most_m)
+    zero, minus_inf = q.new_zeros(()), q.new_full((), -math.inf)
+    for block in layout.blocks:
+        g, n_q, n_k = block.mask.shape
+        width = R + n_k
+        keys = torch.cat([registers.expand(g, R), block.key_index], dim=1).reshape(-1)
+        bias = bias_space[:g * n_q * width].view(g, 1, n_q, width)
+        bias[..., :R] = 0
+        torch.where(block.mask[:, None], zero, minus_inf, out=bias[..., R:])
+        for e in range(b):
+            qg = torch.index_select(q[e], 0, block.query_source, out=q_space[:g * n_q * h * d].view(g * n_q, h, d))
+            qg = qg.view(g, n_q, h, d).transpose(1, 2)  # [g, h, Q, d]
+            kvg = torch.index_select(kvr[e], 0, keys, out=kv_space[:g * width * 2 * h * d].view(g * width, 2, h, d))
+            kvg = kvg.view(g, width, 2, h, d)
+            o = F.scaled_dot_product_attention(qg, kvg[:, :, 0].transpose(1, 2), kvg[:, :, 1].transpose(1, 2),
+                                               attn_mask=bias, scale=scale)  # [g, h, Q, d]
+            out[e].index_put_((block.query_index,), o.transpose(1, 2))
+    return out[:, :L]
+
+
+def _layout_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """q [b, L, h, d] and kvr [b, L+R, 2, h, d] sharing one "merged" layout -> [b, L, h, d]."""
+    b, L, h, d = q.shape
+    kv = kvr  # key indices stay below L: the gathers read the token rows of kvr directly
+    register_k, register_v = kvr[0, L:, 0], kvr[0, L:, 1]  # [R, h, d]
     acc_dtype = _work_dtype(q.dtype)
     # Softmax state per query row, as in flash attention: M the largest block log-sum-exp so far, S the sum of
     # exp(lse - M) and O the matching sum of block outputs. Blocks mix key frames, so a row may come several times
@@ -528,5 +742,5 @@ def _cpu_flash_works() -> bool:
 
 
 __all__ = ["EpipolarBlockMask", "BlockLayout", "GroupBlock", "build_layout", "cached_block_mask",
-           "gathered_attention", "gathered_attention_kv",
-           "attention_with_lse", "attention_with_lse_math", "attention_bias", "GATHER_COST_FACTOR", "MIN_SPARSE_TOKENS"]
+           "gathered_attention", "gathered_attention_kv", "gathered_attention_kvr", "dense_cost",
+           "attention_with_lse", "attention_with_lse_math", "attention_bias", "MIN_SPARSE_TOKENS", "LAYOUT_KINDS"]
