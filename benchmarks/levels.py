@@ -33,7 +33,8 @@ def level_channels(config) -> dict:
 
 
 def measure_levels(w2c, K, frames: int, device, dtype, repeats: int = 1, seed: int = 0, log=print) -> dict:
-    """{stride: {tokens, channels, density, scored_fraction, dense_s, gathered_s, speedup, max_abs_diff}}."""
+    """{stride: {tokens, channels, density, scored_fraction, layout, modelled_relative_cost, auto_kernel, dense_s,
+    gathered_s, speedup, max_abs_diff}} (the layout is the one "auto" builds; auto_kernel what "auto" runs)."""
     config = PRESETS["cami2v-256"]
     height, width = config.resolution
     registers = int(config.epipolar["num_register_tokens"])
@@ -54,9 +55,12 @@ def measure_levels(w2c, K, frames: int, device, dtype, repeats: int = 1, seed: i
             cells = (height // stride) * (width // stride)
             x = torch.randn(cells, frames, dim, generator=generator).to(device, dtype)
             blocks = cached_block_mask(mask, frames, registers, device=device)
+            epipolar_module.set_kernel("auto")
+            auto_kernel = "gathered" if epipolar_module.gathered_form(mask, frames, registers) is not None else "dense"
             entry = {"tokens": frames * cells, "channels": dim, "density": blocks.density,
-                     "scored_fraction": blocks.scored_fraction, "gathered_form_bytes": blocks.nbytes,
-                     "dense_mask_bytes": mask.numel()}
+                     "scored_fraction": blocks.scored_fraction, "layout": blocks.kinds[0],
+                     "modelled_relative_cost": blocks.relative_cost, "auto_kernel": auto_kernel,
+                     "gathered_form_bytes": blocks.nbytes, "dense_mask_bytes": mask.numel()}
             outputs = {}
             for kernel in ("dense", "gathered"):
                 epipolar_module.set_kernel(kernel)

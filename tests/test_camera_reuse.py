@@ -67,8 +67,8 @@ def test_structures_are_built_once_per_video(counted, batch_branches):
     assert counters["layouts"].calls == levels  # one layout per mask stride, for one trajectory
     # every epipolar block of every camera branch call of every step used one of those layouts
     blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
-    camera_calls = steps * (1 if batch_branches else 2)  # cond + uncond share the camera; nocam has none
-    assert counters["once"].calls + counters["merged"].calls == blocks * camera_calls
+    # cond and uncond carry the camera (the epipolar branch takes one video of a batch at a time); nocam has none
+    assert counters["once"].calls + counters["merged"].calls == blocks * steps * 2
 
 
 def test_condition_holds_the_gathered_form_only(counted):

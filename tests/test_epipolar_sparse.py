@@ -317,3 +317,16 @@ def test_module_without_registers_stays_dense():
     epi.set_kernel("dense")
     dense = run_module(module, mask, batch=1)
     torch.testing.assert_close(gathered, dense, atol=0, rtol=0)
+
+
+def test_training_through_a_block_mask_uses_the_dense_path_with_gradients():
+    mask = epipolar_masks()[8]
+    module = epipolar_module().train()
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4)
+    x = torch.randn(64, 4, 32, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for name, m in (("dense", mask), ("blocks", blocks)):
+        module.zero_grad()
+        module(x, m, 1).square().sum().backward()
+        grads[name] = module.epipolar_attn.to_q.weight.grad.clone()
+    torch.testing.assert_close(grads["blocks"], grads["dense"], atol=1e-5, rtol=1e-5)

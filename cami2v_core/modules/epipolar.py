@@ -161,9 +161,16 @@ class RegisterTokenAttention(nn.Module):
         nn.init.zeros_(self.to_out[0].bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | EpipolarBlockMask | None = None) -> torch.Tensor:
-        """x [B, L, C], mask bool [B, L, R+L] (True = attend), EpipolarBlockMask or None -> [B, L, C]."""
+        """x [B, L, C], mask bool [B, L, R+L] (True = attend), EpipolarBlockMask or None -> [B, L, C].
+
+        The gathered path is inference only (its gathers write into reused buffers); with autograd recording, a
+        block mask is expanded back to the dense mask it stands for."""
         if isinstance(mask, EpipolarBlockMask):
-            return self._forward_gathered(x, mask)
+            if not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))):
+                return self._forward_gathered(x, mask)
+            mask = mask.to_dense().to(x.device)
+            if self.num_register_tokens > 0:
+                mask = torch.cat([mask.new_ones(*mask.shape[:2], self.num_register_tokens), mask], dim=-1)
         context = x
         if self.num_register_tokens > 0:
             registers = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
@@ -177,22 +184,31 @@ class RegisterTokenAttention(nn.Module):
         return self.to_out(merge_heads(out))
 
     def _forward_gathered(self, x: torch.Tensor, blocks: EpipolarBlockMask) -> torch.Tensor:
-        """The same attention with only the allowed pairs scored (epipolar_sparse.py). x [B, L, C] -> [B, L, C]."""
+        """The same attention with only the allowed pairs scored (epipolar_sparse.py). x [B, L, C] -> [B, L, C].
+
+        One video of the batch at a time (guidance branches are a batch): the projections and gathers of a video
+        are tens of MB at the 32x32 level, and holding those of one video at a time keeps the extra memory of
+        CamI2V over DynamiCrafter small."""
         b, length, _ = x.shape
         inner = self.to_q.weight.shape[0]
         R = self.num_register_tokens
-        # q alone and k, v in one GEMM, each into its own contiguous tensor: the gathers read rows of them, and
-        # index_select copies a strided source whole before every gather (a 60 MB copy per block at 32x32). The
-        # register tokens' keys and values go in the rows after the tokens', so one gather fetches both.
-        q = self.to_q(x).view(b, length, self.heads, -1)
+        blocks = blocks.to(x.device)
         w_kv = torch.cat([self.to_k.weight, self.to_v.weight])  # [2*inner, C]
-        kvr = x.new_empty(b, length + R, 2 * inner)
+        register_kv = F.linear(self.register_tokens[0].to(x.dtype), w_kv)  # [R, 2*inner]
+        out_layer = self.to_out[0]
+        out = x.new_empty(b, length, out_layer.weight.shape[0])
         for e in range(b):
-            torch.mm(x[e], w_kv.t(), out=kvr[e, :length])
-        kvr[:, length:] = F.linear(self.register_tokens[0].to(x.dtype), w_kv)
-        out = gathered_attention_kvr(q, kvr.view(b, length + R, 2, self.heads, -1), R,
-                                     blocks.to(x.device))  # [B, L, h, d]
-        return self.to_out(out.reshape(b, length, inner))
+            # q alone and k, v in one GEMM, each into its own contiguous tensor: the gathers read rows of them, and
+            # index_select copies a strided source whole before every gather. The register tokens' keys and values
+            # go in the rows after the tokens', so one gather fetches both.
+            q = self.to_q(x[e]).view(1, length, self.heads, -1)
+            kvr = x.new_empty(1, length + R, 2 * inner)
+            torch.mm(x[e], w_kv.t(), out=kvr[0, :length])
+            kvr[0, length:] = register_kv
+            o = gathered_attention_kvr(q, kvr.view(1, length + R, 2, self.heads, -1), R, blocks[e])
+            del q, kvr
+            torch.addmm(out_layer.bias, o.reshape(length, inner), out_layer.weight.t(), out=out[e])
+        return out  # to_out's dropout is inactive at inference, and this path only runs there (no autograd)
 
 
 class EpipolarAttention(nn.Module):

@@ -564,15 +564,21 @@ def gathered_attention_kvr(q: torch.Tensor, kvr: torch.Tensor, num_register_toke
     if tuple(kvr.shape) != (B, L + R, 2, h, d):
         raise ValueError(f"kvr must be [B, L+R, 2, h, d] = {[B, L + R, 2, h, d]}, got {list(kvr.shape)}")
     scale = d ** -0.5 if scale is None else scale
+    used = sorted(set(blocks.batch_map))
+    if len(used) == 1:  # one layout for the whole batch (one video, or its guidance branches)
+        return _attend(q, kvr, R, blocks.layouts[used[0]], scale)
     out = q.new_empty(B, L, h, d)
-    for index, layout in enumerate(blocks.layouts):
-        members = [b for b, i in enumerate(blocks.batch_map) if i == index]
-        sel = slice(None) if len(members) == B else torch.tensor(members, device=q.device)
-        if layout.kind == "once":
-            out[sel] = _once_attention(q[sel], kvr[sel], R, layout, scale)
-        else:
-            out[sel] = _layout_attention(q[sel], kvr[sel], R, layout, scale)
+    for index in used:
+        members = torch.tensor([b for b, i in enumerate(blocks.batch_map) if i == index], device=q.device)
+        out[members] = _attend(q[members], kvr[members], R, blocks.layouts[index], scale)
     return out
+
+
+def _attend(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """The attention of the videos that share one layout, by its kind."""
+    if layout.kind == "once":
+        return _once_attention(q, kvr, R, layout, scale)
+    return _layout_attention(q, kvr, R, layout, scale)
 
 
 def _once_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
