@@ -15,7 +15,6 @@ BUNDLED_CHOICE = f"{BUNDLED_MODEL_NAME} (bundled)"
 HF_REPO = "MuteApo/CamI2V"
 # The authors' released files (spec §1.1); all are self-contained fp16 state dicts.
 RELEASE_FILES = ("256_cami2v.pt", "512_cami2v_50k.pt", "512_cami2v_100k.pt", "256_cameractrl.pt", "256_motionctrl.pt")
-NOT_DOWNLOADED = " (not downloaded)"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -35,12 +34,22 @@ class CamI2VModelHandle:
 
 
 def checkpoint_choices() -> list[str]:
-    """Loader choices: the bundled tiny model, local files, then release files not downloaded yet."""
+    """Loader choices: the bundled tiny model, local files, then release files not downloaded yet.
+
+    Release files are listed by their bare file name whether or not they are downloaded, so a workflow that names
+    one (ours included) passes ComfyUI's list check before the download and still names the same file after it.
+    """
     local = comfy_bridge.list_model_files()
     choices = [BUNDLED_CHOICE] if bundled_model_path() else []
     choices += local
-    choices += [f + NOT_DOWNLOADED for f in RELEASE_FILES if f not in local]
+    choices += [f for f in RELEASE_FILES if f not in local]
     return choices
+
+
+def missing_release_files() -> list[str]:
+    """Release files that no model folder holds yet."""
+    local = set(comfy_bridge.list_model_files())
+    return [f for f in RELEASE_FILES if f not in local]
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -52,15 +61,14 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def resolve_checkpoint(ckpt_name: str, download_missing: bool):
+def resolve_checkpoint(name: str, download_missing: bool):
     """A loader choice -> a file path, downloading a release file only when the user allowed it."""
-    if ckpt_name == BUNDLED_CHOICE:
+    if name == BUNDLED_CHOICE:
         path = bundled_model_path()
         if path is None:
             raise ValueError("the bundled tiny model is missing from this install; reinstall the pack or pick a "
                              "checkpoint from models/cami2v")
         return path
-    name = ckpt_name[: -len(NOT_DOWNLOADED)] if ckpt_name.endswith(NOT_DOWNLOADED) else ckpt_name
     path = comfy_bridge.find_model_file(name)
     if path is not None:
         return path
@@ -90,12 +98,15 @@ class CamI2VModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
+        missing = missing_release_files()
         return {
             "required": {
                 "ckpt_name": (checkpoint_choices(), {"tooltip": "Checkpoint in models/cami2v (CamI2V 256/512, "
                               "CameraCtrl, MotionCtrl, DynamiCrafter, or a model trained with training/). "
-                              "'(bundled)' is the tiny CPU demo model; '(not downloaded)' entries are the authors' "
-                              "release files."}),
+                              "'(bundled)' is the tiny CPU demo model. The authors' release files are always "
+                              "listed; one not in models/cami2v is fetched only when download_missing is on. "
+                              + (f"Not downloaded yet: {', '.join(missing)}." if missing else
+                                 "All release files are downloaded.")}),
                 "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Weight precision. auto = fp16 on "
                               "GPU, fp32 on CPU. bf16 avoids fp16 overflow on recent GPUs."}),
                 "attention": (list(attention.BACKENDS), {"default": "auto", "tooltip": "Attention kernel. auto = "

@@ -13,7 +13,7 @@ from cami2v_core.checkpoint import CONFIG_METADATA_KEY, save_safetensors
 from cami2v_core.configs import from_yaml
 from nodes import NODE_CLASS_MAPPINGS as NODES
 from nodes import comfy_bridge
-from nodes.nodes_model import BUNDLED_CHOICE, NOT_DOWNLOADED, RELEASE_FILES
+from nodes.nodes_model import BUNDLED_CHOICE, RELEASE_FILES
 from tests.golden import GOLDEN_DIR, golden_state_dict, require
 
 STEPS = 2
@@ -76,12 +76,14 @@ def test_every_node_has_tooltips_description_and_category():
 def test_loader_lists_local_and_release_files(models_dir):
     choices = NODES["CamI2VModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
     assert "cami2v_tiny.safetensors" in choices and "motionctrl_tiny.safetensors" in choices
-    assert all(f + NOT_DOWNLOADED in choices for f in RELEASE_FILES)
+    assert all(f in choices for f in RELEASE_FILES)  # bare names: a workflow's value survives the download
+    tooltip = NODES["CamI2VModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][1]["tooltip"]
+    assert "Not downloaded yet: " + ", ".join(RELEASE_FILES) in tooltip
 
 
 def test_loader_refuses_missing_release_without_download_permission():
     with pytest.raises(ValueError, match="download_missing"):
-        NODES["CamI2VModelLoader"]().load("256_cami2v.pt" + NOT_DOWNLOADED, "auto", "auto", True, False)
+        NODES["CamI2VModelLoader"]().load("256_cami2v.pt", "auto", "auto", True, False)
 
 
 def test_loader_loads_variant_and_precision(cami2v):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from nodes import NODE_CLASS_MAPPINGS
+from nodes import comfy_bridge, nodes_model
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
@@ -36,11 +38,19 @@ def spec_of(node_type):
     return inputs, outputs
 
 
+def fresh_install_checkpoints():
+    """The loader's ckpt_name choices with empty model folders (what a new user's ComfyUI validates against)."""
+    with mock.patch.object(comfy_bridge, "list_model_files", lambda: []):
+        return nodes_model.checkpoint_choices()
+
+
 def check_widget(node_type, name, kind, opts, value):
     where = f"{node_type}.{name} = {value!r}"
     if isinstance(kind, list):
-        if node_type == "LoadImage" or name == "ckpt_name":
+        if node_type == "LoadImage":
             assert isinstance(value, str) and value, where  # file lists depend on the user's folders
+        elif name == "ckpt_name":  # must pass ComfyUI's list check on a fresh install, before any download
+            assert value in fresh_install_checkpoints(), f"{where} is not listed on a fresh install"
         else:
             assert value in kind, f"{where} is not one of {kind}"
     elif kind == "INT":
