@@ -1,26 +1,35 @@
 """Opt-in: the pack inside a real ComfyUI checkout (COMFYUI_DIR, with its Python in COMFYUI_PYTHON or on PATH).
 
-Starts ComfyUI on 127.0.0.1 with this repo linked into custom_nodes, checks /object_info lists every node, converts
-every example workflow to API format (comfy-cli when installed, else our own converter over /object_info) and
-runs the quick-start workflow to a saved video on the CPU. Skipped when COMFYUI_DIR is not set.
+Starts ComfyUI on 127.0.0.1 with this repo linked into custom_nodes and checks that the pack imports without errors,
+that /object_info lists every node with the inputs and outputs the classes declare, that the example workflows are
+served as templates, that every example converts to API format and passes ComfyUI's own prompt validation, and
+runs the quick-start workflow on the CPU to a saved .mp4 whose frames are counted and decoded. Skipped when
+COMFYUI_DIR is not set.
+
+UI -> API conversion uses comfy-cli's converter (a port of the frontend's graphToPrompt) when `comfy_cli` imports
+(`pip install comfy-cli`), cross-checked against the small converter here; without it, the small converter alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PACK = "ComfyUI-CamI2V"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+EXAMPLES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+QUICKSTART = "cami2v_orbit_quickstart"
 pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")]
 
@@ -36,20 +45,46 @@ def _get(url, timeout=10):
         return json.loads(r.read())
 
 
+def _post(url, body, timeout=30):
+    """POST JSON; returns (HTTP status, decoded JSON body) for 4xx answers too."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _input_picture(folder: Path) -> None:
+    """The picture the examples load (example.png), so the run does not depend on the checkout's input folder."""
+    from PIL import Image
+
+    from tests.synthetic_photo import make_photo
+
+    Image.fromarray(make_photo(256, 256, seed=3)).save(folder / "example.png")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     comfy = Path(COMFYUI_DIR)
-    link = comfy / "custom_nodes" / "ComfyUI-CamI2V"
+    link = comfy / "custom_nodes" / PACK
     created = False
-    if not link.exists():
+    if link.is_symlink() or link.exists():
+        if link.resolve() != REPO:
+            pytest.fail(f"{link} is another copy of the pack ({link.resolve()}); remove it so this checkout is tested")
+    else:
         link.symlink_to(REPO, target_is_directory=True)
         created = True
     out_dir = tmp_path_factory.mktemp("comfy_out")
+    in_dir = tmp_path_factory.mktemp("comfy_in")
+    _input_picture(in_dir)
     port = _free_port()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    log = open(out_dir / "comfyui.log", "w")
+    log_path = out_dir / "comfyui.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--output-directory", str(out_dir)], cwd=comfy, stdout=log, stderr=subprocess.STDOUT)
+                             "--output-directory", str(out_dir), "--input-directory", str(in_dir)],
+                            cwd=comfy, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -58,11 +93,11 @@ def server(tmp_path_factory):
                 break
             except Exception:
                 if proc.poll() is not None:
-                    pytest.fail(f"ComfyUI exited early; see {out_dir / 'comfyui.log'}")
+                    pytest.fail(f"ComfyUI exited early; see {log_path}:\n{log_path.read_text()[-3000:]}")
                 time.sleep(1)
         else:
-            pytest.fail("ComfyUI did not answer within 4 minutes")
-        yield base, out_dir
+            pytest.fail(f"ComfyUI did not answer within 4 minutes; see {log_path}")
+        yield base, out_dir, log_path
     finally:
         proc.terminate()
         try:
@@ -74,12 +109,49 @@ def server(tmp_path_factory):
             link.unlink()
 
 
-def test_object_info_lists_every_node(server):
-    from nodes import NODE_CLASS_MAPPINGS
+@pytest.fixture(scope="module")
+def object_info(server):
+    return _get(server[0] + "/object_info", timeout=60)
 
-    info = _get(server[0] + "/object_info")
-    missing = sorted(set(NODE_CLASS_MAPPINGS) - set(info))
+
+def test_pack_imports_without_errors(server):
+    startup = server[2].read_text().split("Starting server")[0]
+    timing = [line for line in startup.splitlines() if line.rstrip().endswith(f"custom_nodes/{PACK}")]
+    assert timing, f"ComfyUI did not try to load the pack; start-up log:\n{startup[-3000:]}"
+    assert "IMPORT FAILED" not in timing[0], f"the pack failed to import:\n{startup[-3000:]}"
+    complaints = [line for line in startup.splitlines()
+                  if PACK in line and any(w in line for w in ("Cannot import", "Traceback", "Error", "WARNING"))]
+    assert not complaints, "ComfyUI complained about the pack at start-up:\n" + "\n".join(complaints)
+    print("imported:", timing[0].strip())
+
+
+def test_object_info_lists_every_node_with_its_inputs(object_info):
+    from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    missing = sorted(set(NODE_CLASS_MAPPINGS) - set(object_info))
     assert not missing, f"ComfyUI did not register: {missing} (the pack failed to import? see the log)"
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        served, declared = object_info[name], cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            assert list(served["input"].get(section, {})) == list(declared.get(section, {})), (name, section)
+            assert served["input_order"].get(section, []) == list(declared.get(section, {})), (name, section)
+        assert served["output"] == list(cls.RETURN_TYPES), name
+        assert served["category"].startswith("CamI2V"), (name, served["category"])
+        assert served["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert served["python_module"] == f"custom_nodes.{PACK}", (name, served["python_module"])
+    print(f"found {len(NODE_CLASS_MAPPINGS)} nodes:", " ".join(NODE_CLASS_MAPPINGS))
+
+
+def test_example_workflows_are_served_as_templates(server):
+    base = server[0]
+    templates = _get(base + "/workflow_templates")
+    assert sorted(templates.get(PACK, [])) == EXAMPLES, templates
+    for name in EXAMPLES:
+        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{name}.json", timeout=10) as r:
+            assert json.loads(r.read()) == json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{name}.jpg", timeout=10) as r:
+            assert r.headers.get_content_type() == "image/jpeg" and r.read(3) == b"\xff\xd8\xff", name
+    print("templates:", ", ".join(templates[PACK]))
 
 
 def to_api(workflow: dict, object_info: dict) -> dict:
@@ -110,38 +182,80 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "example_workflows").glob("*.json")))
-def test_every_example_converts_to_api_format(server, name):
-    info = _get(server[0] + "/object_info")
-    workflow = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
-    prompt = to_api(workflow, info)
-    assert {n["class_type"] for n in prompt.values()} <= set(info)
-    print(f"{name}: {len(prompt)} nodes converted")
+def convert(workflow: dict, object_info: dict) -> tuple[dict, str]:
+    """(API prompt, which converter): comfy-cli's when installed (checked against ours), else ours."""
+    ours = to_api(workflow, object_info)
+    try:
+        from comfy_cli.workflow_to_api import convert_ui_to_api
+    except ImportError:
+        return ours, "built-in converter; pip install comfy-cli to cross-check it"
+    theirs = convert_ui_to_api(workflow, object_info)
+    strip = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in theirs.items()}
+    assert strip == ours, "comfy-cli and the built-in converter disagree"
+    return theirs, "comfy-cli converter, same as the built-in one"
 
 
-def test_quickstart_runs_to_a_saved_video(server):
-    base, out_dir = server
+def load_example(name: str) -> dict:
+    return json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_converts_to_api_format(object_info, name):
+    workflow = load_example(name)
+    prompt, how = convert(workflow, object_info)
+    assert set(prompt) == {str(n["id"]) for n in workflow["nodes"]}, "nodes were dropped"
+    assert {n["class_type"] for n in prompt.values()} <= set(object_info)
+    print(f"{name}: {len(prompt)} nodes converted ({how})")
+
+
+def test_quickstart_runs_to_a_saved_video_and_every_example_validates(server, object_info):
+    import av
+    import numpy as np
+
+    base, out_dir, _ = server
     from cami2v_core.bundled import bundled_model_path
 
     if bundled_model_path() is None:
         pytest.fail("the bundled tiny model is missing, so the quick-start workflow cannot run")
-    info = _get(base + "/object_info")
-    workflow = json.loads((REPO / "example_workflows" / "cami2v_orbit_quickstart.json").read_text())
-    prompt = to_api(workflow, info)
-    for node in prompt.values():  # keep the run short on a CPU
-        if node["class_type"] == "CamI2VSampler":
-            node["inputs"]["steps"] = 4
-    req = urllib.request.Request(base + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        prompt_id = json.loads(r.read())["prompt_id"]
-    for _ in range(600):
+    prompt, _ = convert(load_example(QUICKSTART), object_info)
+    sampler = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VSampler")
+    orbit = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VCameraOrbit")
+    sampler["steps"] = 4  # keep the run short on a CPU
+    status, answer = _post(base + "/prompt", {"prompt": prompt})
+    assert status == 200 and not answer.get("node_errors"), json.dumps(answer)[:3000]
+    prompt_id = answer["prompt_id"]
+
+    # The other examples need release checkpoints, so they are only validated: queued behind the running
+    # quick-start (ComfyUI validates on submission), then taken off the queue before they can start.
+    for name in EXAMPLES:
+        if name == QUICKSTART:
+            continue
+        other, _ = convert(load_example(name), object_info)
+        status, answer = _post(base + "/prompt", {"prompt": other})
+        if answer.get("prompt_id"):  # queued, possibly with only some outputs valid: never let it run
+            _post(base + "/queue", {"delete": [answer["prompt_id"]]})
+        assert status == 200 and not answer.get("node_errors"), f"{name}: {json.dumps(answer)[:3000]}"
+        print(f"{name}: accepted by ComfyUI's prompt validation")
+
+    for _ in range(900):
         history = _get(f"{base}/history/{prompt_id}")
         if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
             break
         time.sleep(1)
-    status = history[prompt_id]["status"]
-    assert status.get("status_str") == "success", json.dumps(status)[:2000]
-    videos = list(out_dir.rglob("*.mp4"))
-    assert videos, "no video was saved"
-    print("saved", videos)
+    else:
+        pytest.fail(f"the quick-start workflow did not finish within 15 minutes; see {server[2]}")
+    entry = history[prompt_id]
+    assert entry["status"].get("status_str") == "success", json.dumps(entry["status"])[:3000]
+    saved = [item for out in entry["outputs"].values() for item in out.get("images", []) + out.get("videos", [])]
+    videos = [out_dir / s["subfolder"] / s["filename"] for s in saved if s["filename"].endswith(".mp4")]
+    assert len(videos) == 1 and videos[0].is_file(), f"expected one saved .mp4, history lists {saved}"
+
+    with av.open(str(videos[0])) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        rate, codec = stream.average_rate, stream.codec_context.name
+    assert len(frames) == orbit["frames"], f"{len(frames)} frames decoded, the camera path has {orbit['frames']}"
+    assert rate == Fraction(30, sampler["frame_stride"]), f"fps {rate}, expected 30 / frame_stride"
+    assert frames[0].shape[0] > 0 and float(np.std(frames[0])) > 1.0, "the first frame is blank"
+    print(f"saved {videos[0]}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} at {rate} fps "
+          f"({codec})")
