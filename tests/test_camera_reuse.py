@@ -45,11 +45,13 @@ def counted(monkeypatch):
                 "layouts": Counter(epipolar_sparse.build_layout),
                 "merged": Counter(epipolar_sparse._layout_attention),
                 "once": Counter(epipolar_sparse._once_attention),
+                "split": Counter(epipolar_sparse._split_attention),
                 "pose": Counter(model.pose_encoder.forward)}
     monkeypatch.setattr(camera_maths, "epipolar_structures", counters["masks"])
     monkeypatch.setattr(epipolar_sparse, "build_layout", counters["layouts"])
     monkeypatch.setattr(epipolar_sparse, "_layout_attention", counters["merged"])
     monkeypatch.setattr(epipolar_sparse, "_once_attention", counters["once"])
+    monkeypatch.setattr(epipolar_sparse, "_split_attention", counters["split"])
     monkeypatch.setattr(model.pose_encoder, "forward", counters["pose"])
     return model, counters
 
@@ -68,7 +70,8 @@ def test_structures_are_built_once_per_video(counted, batch_branches):
     # every epipolar block of every camera branch call of every step used one of those layouts
     blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
     # cond and uncond carry the camera (the epipolar branch takes one video of a batch at a time); nocam has none
-    assert counters["once"].calls + counters["merged"].calls == blocks * steps * 2
+    kernels = counters["once"].calls + counters["split"].calls + counters["merged"].calls
+    assert kernels == blocks * steps * 2
 
 
 def test_condition_holds_the_gathered_form_only(counted):

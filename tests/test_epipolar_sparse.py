@@ -105,13 +105,41 @@ def test_once_layout_has_every_query_exactly_once(kind, group_size):
     assert layout.slots == rows.numel()
 
 
+@pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
+@pytest.mark.parametrize("group_size", [None, 8, 5])
+def test_split_layout_has_every_query_once_per_part(kind, group_size):
+    mask = epipolar_masks(kind=kind)[8]
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=group_size, kind="split")
+    assert torch.equal(blocks.to_dense(), mask)
+    layout = blocks.layouts[0]
+    assert layout.kind == "split" and layout.allowed == int(mask.sum()) and layout.scored >= layout.allowed
+    n = 64
+    for registers in (True, False):
+        part = [b for b in layout.blocks if b.registers == registers]
+        rows = torch.cat([b.query_index.reshape(-1) for b in part])
+        assert torch.equal(rows[rows < 256].sort().values, torch.arange(256))
+        for b in part:  # the own-frame part holds only keys of the query's frame, the other part none of them
+            real = b.query_index < 256
+            same = (b.key_index[:, None, :] // n == b.query_index[:, :, None] // n)[real]
+            assert bool(same[b.mask[real]].all()) if not registers else not bool(same[b.mask[real]].any())
+
+
+def test_split_layout_scores_fewer_pairs_than_once():
+    # the own-frame lines (a pencil through a random point, spec §4.4.6) cross the other frames' lines: grouped
+    # apart, neither part's unions carry the other's keys
+    for kind in ("orbit", "zoom"):
+        mask = epipolar_masks(kind=kind, frames=8, size=128, strides=(8,))[8][0]
+        split, once = build_layout(mask, 8, kind="split"), build_layout(mask, 8, kind="once")
+        assert split.scored < 0.9 * once.scored
+
+
 def test_auto_layout_is_the_cheaper_one():
     for kind in ("orbit", "zoom", "static"):
         mask = epipolar_masks(kind=kind, frames=8, size=128, strides=(8,))[8][0]
         auto = build_layout(mask, 8)
-        once, merged = build_layout(mask, 8, kind="once"), build_layout(mask, 8, kind="merged")
-        assert auto.cost <= min(once.cost, merged.cost) * (1 + 1e-9) or auto.cost <= once.cost
-        assert auto.kind in ("once", "merged")
+        split, merged = build_layout(mask, 8, kind="split"), build_layout(mask, 8, kind="merged")
+        assert auto.cost <= min(split.cost, merged.cost) * (1 + 1e-9) or auto.cost <= split.cost
+        assert auto.kind in ("split", "merged")
     with pytest.raises(ValueError, match="once"):
         build_layout(mask, 8, kind="sideways")
 
@@ -125,7 +153,7 @@ def test_gathering_skips_most_pairs_of_a_sparse_mask():
 
 # -- numbers: gathered == dense -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["once", "merged"])
+@pytest.mark.parametrize("layout", ["split", "once", "merged"])
 @pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
 @pytest.mark.parametrize("stride", [8, 16])
 def test_gathered_attention_equals_dense_on_epipolar_masks(kind, stride, layout):
@@ -139,7 +167,7 @@ def test_gathered_attention_equals_dense_on_epipolar_masks(kind, stride, layout)
 @settings(max_examples=60, deadline=None)
 @given(frames=st.integers(1, 4), cells=st.integers(1, 12), group=st.integers(1, 9), density=st.floats(0, 1),
        batch=st.integers(1, 3), registers=st.integers(1, 4), seed=st.integers(0, 2 ** 16),
-       layout=st.sampled_from(["once", "merged", "auto"]))
+       layout=st.sampled_from(["split", "once", "merged", "auto"]))
 def test_gathered_attention_equals_dense_on_any_mask(frames, cells, group, density, batch, registers, seed, layout):
     g = torch.Generator().manual_seed(seed)
     L = frames * cells
@@ -153,7 +181,7 @@ def test_gathered_attention_equals_dense_on_any_mask(frames, cells, group, densi
     torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["once", "merged"])
+@pytest.mark.parametrize("layout", ["split", "once", "merged"])
 def test_float32_path_matches_reference(layout):
     mask = epipolar_masks(frames=4, size=128, strides=(8,))[8]  # 1024 tokens
     q, k, v, rk, rv = random_qkv(2, mask.shape[-1], h=3, d=16)
@@ -162,7 +190,7 @@ def test_float32_path_matches_reference(layout):
     torch.testing.assert_close(out.double(), dense_reference(q, k, v, rk, rv, mask2), atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["once", "merged"])
+@pytest.mark.parametrize("layout", ["split", "once", "merged"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_matches_reference(dtype, layout):
     mask = epipolar_masks()[8]

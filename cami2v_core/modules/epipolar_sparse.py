@@ -3,7 +3,7 @@
 At 256x256 only ~4% of the (query, key) pairs of the 32x32 level lie on an epipolar band (7% at 16x16), yet the
 dense branch scores all of them: 2.17 of the 7.12 TFLOP of a CamI2V UNet forward. The camera does not change while
 sampling, so each mask is turned once into gathered blocks (a `BlockLayout`) and reused by every layer, step and
-guidance branch. Two layouts exist; `build_layout` builds the one its cost model (COST_*) says runs faster:
+guidance branch. Three layouts exist; `build_layout` builds the one its cost model (COST_*) says runs faster:
 
 * "once": every query is in exactly one group. Within each query frame the queries are ordered either in raster
   order or by the line their band draws in a distant key frame (first and last key cell): points on one epipolar
@@ -11,13 +11,19 @@ guidance branch. Two layouts exist; `build_layout` builds the one its cost model
   orbit, pan and zoom paths, so runs of `group_size` consecutive queries share most of their keys in all frames.
   A group's keys are the union of its members' bands over all frames, with the register tokens in front, and one
   attention call gives the members' final output: no merging at all.
+* "split" (what "auto" builds first): the "once" layout of the keys in the other frames, registers included, plus
+  a second "once" layout of the keys in each query's own frame, merged through their log-sum-exps. A query's
+  own-frame line passes through itself and a random point (the zero-translation perturbation, spec §4.4.6), so the
+  own-frame lines of queries that share their other-frame lines fan out: in one union they made about half of all
+  scored pairs at the 256 model's 32x32 level while holding under a tenth of the allowed ones. Grouped apart (the
+  own-frame part by the query's own-frame line), both parts' unions stay tight: 40% fewer pairs there.
 * "merged": per key frame j, the queries (of all frames) with keys in j are sorted by the first and last key cell
   of their band in j, and runs of `group_size` share a union of keys in that frame only. This stays tight when the
   lines of different frame pairs are unrelated (a static camera, whose perturbed lines have a random orientation
   per pair, spec §4.4.6), but a query then appears once per key frame, and its parts are merged through their
   log-sum-exp (as flash attention merges key blocks), starting from the register tokens that every query sees.
 
-In both, groups of similar union size are padded to one size and attended in one call: [members] x [union keys]
+In all three, groups of similar union size are padded to one size and attended in one call: [members] x [union keys]
 with the group's small boolean mask. Few, large calls matter on a CPU: every parallel op waits for its slowest
 thread, and the CPU attention kernel pays a fixed cost per query row of each call.
 
@@ -41,7 +47,7 @@ MIN_SPARSE_TOKENS = 2048
 GROUP_SIZE = 64
 ONCE_GROUP_SIZES = (16, 32, 64)
 BLOCK_ROWS = 16384
-LAYOUT_KINDS = ("auto", "once", "merged")
+LAYOUT_KINDS = ("auto", "split", "once", "merged")
 # Cost model, seconds per attention head (64 channels) on the 2-core CPU of docs/performance.md, measured with
 # torch's CPU flash kernel: a fixed cost per query row of an attention call, one per scored (query, key) pair,
 # one per gathered key row (key and value), and for "merged" layouts one per query slot (gathering the query,
@@ -72,10 +78,12 @@ class GroupBlock:
     key_index: torch.Tensor
     mask: torch.Tensor
     query_source: torch.Tensor  # [G*Q] rows to read the queries from: a padding slot reads row 0
+    registers: bool = True  # "once" and "split" layouts: the register tokens are keys of this block too
 
     def to(self, device) -> "GroupBlock":
         """The same block on `device`."""
-        return GroupBlock(*(t.to(device) for t in (self.query_index, self.key_index, self.mask, self.query_source)))
+        return GroupBlock(*(t.to(device) for t in (self.query_index, self.key_index, self.mask, self.query_source)),
+                          registers=self.registers)
 
 
 @dataclass
@@ -87,7 +95,7 @@ class BlockLayout:
     blocks: list
     allowed: int        # True entries of the mask (query-key pairs the softmax runs over)
     scored: int         # pairs the blocks score, padding included (register columns not counted)
-    kind: str = "merged"  # "once": each query in one group, registers in every group; "merged": see module doc
+    kind: str = "merged"  # "once", "split" or "merged": see the module docstring
     slots: int = 0      # query rows over all groups, padding included
     key_rows: int = 0   # key rows gathered over all groups, padding included
 
@@ -95,7 +103,8 @@ class BlockLayout:
     def cost(self) -> float:
         """Modelled seconds per attention head of one call (see COST_*)."""
         per_slot = COST_ROW + (COST_MERGE if self.kind == "merged" else 0.0)
-        return per_slot * self.slots + COST_PAIR * self.scored + COST_GATHER * self.key_rows
+        merges = self.length * COST_MERGE if self.kind == "split" else 0.0  # one merge of two parts per query
+        return per_slot * self.slots + COST_PAIR * self.scored + COST_GATHER * self.key_rows + merges
 
     @property
     def device(self) -> torch.device:
@@ -132,7 +141,7 @@ class EpipolarBlockMask:
                    block_rows: int = BLOCK_ROWS, kind: str = "auto") -> "EpipolarBlockMask":
         """Bool mask [B, L, L] (or [B, L, R+L] with True register columns) of `frames` frames -> gathered form.
 
-        kind: "once", "merged" or "auto" (the cheaper by the cost model); group_size None = the kind's default."""
+        kind: one of LAYOUT_KINDS ("auto": the cheapest by the cost model); group_size None = the kind's default."""
         mask = _strip_registers(mask, num_register_tokens)
         layouts, batch_map, sources = [], [], []
         for b in range(mask.shape[0]):
@@ -192,7 +201,7 @@ class EpipolarBlockMask:
 
     @property
     def kinds(self) -> list:
-        """The layout kind of each batch element ("once" or "merged")."""
+        """The layout kind of each batch element ("split", "once" or "merged")."""
         return [self.layouts[i].kind for i in self.batch_map]
 
     @property
@@ -292,9 +301,9 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int | None = None,
     """Bool [L, L] mask of `frames` frames (frame-major tokens) -> its gathered layout (see the module docstring).
 
     `group_size` queries share one key union (None: GROUP_SIZE for "merged", the cheapest of ONCE_GROUP_SIZES for
-    "once"); a block holds groups of similar union size with at most about `block_rows` key rows in all, which
-    bounds the memory of one attention call. kind "auto" builds "once" and, only when the cost model says a
-    "merged" layout could beat it, "merged" too, and keeps the cheaper.
+    "once" and "split"); a block holds groups of similar union size with at most about `block_rows` key rows in
+    all, which bounds the memory of one attention call. kind "auto" builds "split" and, only when the cost model
+    says a "merged" layout could beat it, "merged" too, and keeps the cheaper.
     """
     if kind not in LAYOUT_KINDS:
         raise ValueError(f"layout kind must be one of {', '.join(LAYOUT_KINDS)}, got {kind!r}")
@@ -305,32 +314,54 @@ def build_layout(mask: torch.Tensor, frames: int, group_size: int | None = None,
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if kind == "merged":
         return _merged_layout(mask, frames, group_size or GROUP_SIZE, block_rows)
-    once = _once_layout(mask, frames, group_size, block_rows)
     if kind == "once":
-        return once
+        return _once_layout(mask, frames, group_size, block_rows)
+    split = _split_layout(mask, frames, group_size, block_rows)
+    if kind == "split":
+        return split
     # a merged layout has a slot per (query, key frame) with keys and scores at least every allowed pair
     n = L // frames
     hits = int(mask.view(L, frames, n).any(-1).sum())
-    if once.cost <= (COST_ROW + COST_MERGE) * hits + COST_PAIR * once.allowed:
-        return once
+    if split.cost <= (COST_ROW + COST_MERGE) * hits + COST_PAIR * split.allowed:
+        return split
     merged = _merged_layout(mask, frames, group_size or GROUP_SIZE, block_rows)
-    return merged if merged.cost < once.cost else once
+    return merged if merged.cost < split.cost else split
 
 
-def _once_layout(mask: torch.Tensor, frames: int, group_size: int | None, block_rows: int) -> BlockLayout:
-    """The "once" layout of a bool [L, L] mask (module docstring): each query in one group over all key frames."""
+def _split_layout(mask: torch.Tensor, frames: int, group_size: int | None, block_rows: int) -> BlockLayout:
+    """The "split" layout (module docstring): a "once" layout of the keys in the other frames, with the registers,
+    and one of the keys in each query's own frame, grouped by the query's own-frame line."""
+    cross = _once_layout(mask, frames, group_size, block_rows, part="cross")
+    own = _once_layout(mask, frames, group_size, block_rows, part="self")
+    return BlockLayout(cross.length, frames, cross.blocks + own.blocks, cross.allowed + own.allowed,
+                       cross.scored + own.scored, "split", cross.slots + own.slots, cross.key_rows + own.key_rows)
+
+
+def _once_layout(mask: torch.Tensor, frames: int, group_size: int | None, block_rows: int,
+                 part: str = "all") -> BlockLayout:
+    """The "once" layout of a bool [L, L] mask (module docstring): each query in one group over all key frames.
+
+    part "cross" keeps only the keys in other frames than the query's, "self" only those in its own frame (the
+    two halves of a "split" layout; a "self" block's `registers` is False)."""
     L = mask.shape[-1]
     n = L // frames
     sizes = (group_size,) if group_size else tuple(s for s in ONCE_GROUP_SIZES if s <= max(n, ONCE_GROUP_SIZES[0]))
     rows_u8 = mask.view(torch.uint8)
-    # per query frame and group size: the query order (raster, or by the line in the farthest key frame) whose
-    # groups gather the fewest keys, with its groups' unions
+    # per query frame and group size: the query order (raster, or by the line in the farthest key frame, or for
+    # "self" in the query's own frame) whose groups gather the fewest keys, with its groups' unions
     choices = {size: [] for size in sizes}
     for i in range(frames):
         band = rows_u8[i * n:(i + 1) * n]  # [n, L]: the queries of frame i against every key
-        far = frames - 1 if i < frames / 2 else 0
+        if part == "cross":
+            band = band.clone()
+            band[:, i * n:(i + 1) * n] = 0
+        elif part == "self":
+            own = band[:, i * n:(i + 1) * n]
+            band = band.new_zeros(band.shape)
+            band[:, i * n:(i + 1) * n] = own
+        line_frame = i if part == "self" else (frames - 1 if i < frames / 2 else 0)
         candidates = []
-        for order in (torch.arange(n, device=mask.device), _line_order(band[:, far * n:(far + 1) * n])):
+        for order in (torch.arange(n, device=mask.device), _line_order(band[:, line_frame * n:(line_frame + 1) * n])):
             unions = _unions(band.index_select(0, order), sizes)
             candidates.append((order, unions))
         for size in sizes:
@@ -366,11 +397,11 @@ def _once_layout(mask: torch.Tensor, frames: int, group_size: int | None, block_
         members &= valid[:, None, :]
         if bool((qi == L).any()):
             members &= (qi < L)[:, :, None]  # padding slots see no key (the registers keep their softmax finite)
-        blocks.append(GroupBlock(qi, cells, members, source.reshape(-1)))
+        blocks.append(GroupBlock(qi, cells, members, source.reshape(-1), registers=part != "self"))
         scored += qi.numel() * u
         key_rows += len(pick) * u
-    return BlockLayout(L, frames, blocks, int(torch.count_nonzero(mask)), scored, "once", query_index.numel(),
-                       key_rows)
+    allowed = sum(int(b.mask.sum()) for b in blocks) if part != "all" else int(torch.count_nonzero(mask))
+    return BlockLayout(L, frames, blocks, allowed, scored, "once", query_index.numel(), key_rows)
 
 
 def _pair_cost(group_size: int) -> float:
@@ -578,6 +609,8 @@ def _attend(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
     """The attention of the videos that share one layout, by its kind."""
     if layout.kind == "once":
         return _once_attention(q, kvr, R, layout, scale)
+    if layout.kind == "split":
+        return _split_attention(q, kvr, R, layout, scale)
     return _layout_attention(q, kvr, R, layout, scale)
 
 
@@ -588,32 +621,87 @@ def _once_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.
     block gives the final rows, written straight into the output."""
     b, L, h, d = q.shape
     out = q.new_empty(b, L + 1, h, d)  # row L takes the padding slots
+    _attend_groups(q, kvr, R, layout.blocks, scale, out)
+    return out[:, :L]
+
+
+def _split_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:
+    """q [b, L, h, d] and kvr [b, L+R, 2, h, d] sharing one "split" layout -> [b, L, h, d].
+
+    Each query is in one group of the other-frame part (with the registers) and one of the own-frame part; the two
+    partial softmaxes are merged through their log-sum-exps."""
+    b, L, h, d = q.shape
+    work = _work_dtype(q.dtype)
+    parts = []
+    for with_registers in (True, False):
+        # the own-frame part starts empty (out 0, lse -inf): a group with no key at all is skipped
+        out = q.new_empty(b, L + 1, h, d) if with_registers else q.new_zeros(b, L + 1, h, d)
+        lse = torch.full((b, L + 1, h), -math.inf, dtype=work, device=q.device)
+        _attend_groups(q, kvr, R, [blk for blk in layout.blocks if blk.registers == with_registers], scale, out, lse)
+        parts.append((out[:, :L], lse[:, :L]))
+    (out_other, lse_other), (out_own, lse_own) = parts
+    # the share of the own-frame keys in the softmax over both parts; the registers keep lse_other finite
+    top = torch.maximum(lse_other, lse_own)
+    share = (lse_own - top).exp_()
+    share.div_((lse_other - top).exp_().add_(share))
+    empty = torch.isneginf(lse_own)  # a query whose own-frame line has no key: an empty softmax, NaN output
+    if bool(empty.any()):
+        out_own.masked_fill_(empty[..., None], 0.0)
+    return torch.lerp(out_other, out_own, share[..., None].to(q.dtype))
+
+
+def _attend_groups(q, kvr, R: int, blocks: list, scale: float, out: torch.Tensor, lse: torch.Tensor | None = None):
+    """The attention of every group of `blocks` (a query at most once among them): q [b, L, h, d], kvr
+    [b, L+R, 2, h, d]; each member's row goes to out [b, L+1, h, d] (row L takes the padding slots) and, when `lse`
+    [b, L+1, h] is given, its log-sum-exp there. A block's keys are the registers (when `block.registers`) and its
+    union; a block without any key is skipped."""
+    b, L, h, d = q.shape
     registers = torch.arange(L, L + R, device=q.device)
+    widths = [(R if blk.registers else 0) + blk.mask.shape[2] for blk in blocks]
     # gather and mask buffers reused by every block (fresh ones would be mapped anew by the allocator each time)
-    most_q = max((blk.query_source.numel() for blk in layout.blocks), default=0)
-    most_k = max((blk.mask.shape[0] * (R + blk.mask.shape[2]) for blk in layout.blocks), default=0)
-    most_m = max((blk.mask.shape[1] * (R + blk.mask.shape[2]) * blk.mask.shape[0] for blk in layout.blocks),
-                 default=0)
+    most_q = max((blk.query_source.numel() for blk in blocks), default=0)
+    most_k = max((blk.mask.shape[0] * w for blk, w in zip(blocks, widths)), default=0)
+    most_m = max((blk.mask.shape[0] * blk.mask.shape[1] * w for blk, w in zip(blocks, widths)), default=0)
     q_space = q.new_empty(most_q * h * d)
     kv_space = kvr.new_empty(most_k * 2 * h * d)
-    bias_space = q.new_empty(most_m)
-    zero, minus_inf = q.new_zeros(()), q.new_full((), -math.inf)
-    for block in layout.blocks:
+    with_bias = lse is None or (q.device.type == "cpu" and _cpu_flash_works())
+    bias_space = q.new_empty(most_m) if with_bias else None
+    for block, width in zip(blocks, widths):
         g, n_q, n_k = block.mask.shape
-        width = R + n_k
-        keys = torch.cat([registers.expand(g, R), block.key_index], dim=1).reshape(-1)
-        bias = bias_space[:g * n_q * width].view(g, 1, n_q, width)
-        bias[..., :R] = 0
-        torch.where(block.mask[:, None], zero, minus_inf, out=bias[..., R:])
+        if width == 0:
+            continue
+        r = width - n_k
+        keys = torch.cat([registers.expand(g, r), block.key_index], dim=1) if r else block.key_index
+        keys = keys.reshape(-1)
+        mask = bias = None
+        if with_bias:
+            bias = bias_space[:g * n_q * width].view(g, 1, n_q, width)
+            bias[..., :r] = 0
+            _fill_bias(bias[..., r:], block.mask[:, None])
+        else:
+            mask = torch.cat([block.mask.new_ones(g, n_q, r), block.mask], dim=-1)[:, None]
         for e in range(b):
             qg = torch.index_select(q[e], 0, block.query_source, out=q_space[:g * n_q * h * d].view(g * n_q, h, d))
             qg = qg.view(g, n_q, h, d).transpose(1, 2)  # [g, h, Q, d]
             kvg = torch.index_select(kvr[e], 0, keys, out=kv_space[:g * width * 2 * h * d].view(g * width, 2, h, d))
-            kvg = kvg.view(g, width, 2, h, d)
-            o = F.scaled_dot_product_attention(qg, kvg[:, :, 0].transpose(1, 2), kvg[:, :, 1].transpose(1, 2),
-                                               attn_mask=bias, scale=scale)  # [g, h, Q, d]
+            kg, vg = kvg.view(g, width, 2, h, d).unbind(2)
+            kg, vg = kg.transpose(1, 2), vg.transpose(1, 2)  # [g, h, U, d] views
+            if lse is None:
+                o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, scale=scale)  # [g, h, Q, d]
+            else:
+                o, rows_lse = attention_with_lse(qg, kg, vg, mask, scale, bias)
+                if not r:  # a member with no key: its log-sum-exp is -inf (the CPU kernel reports 0)
+                    rows_lse.masked_fill_(~block.mask.any(-1)[:, None], -math.inf)
+                lse[e].index_put_((block.query_index,), rows_lse.transpose(1, 2).to(lse.dtype))
             out[e].index_put_((block.query_index,), o.transpose(1, 2))
-    return out[:, :L]
+
+
+def _fill_bias(bias: torch.Tensor, mask: torch.Tensor) -> None:
+    """bias <- 0 where mask is True and -inf elsewhere, in place (bias may be a strided view).
+
+    1 - 1 = 0 stays 0; 0 - 1 = -1 times the largest finite value, times 2, overflows to -inf. Several times faster
+    on a CPU than torch.where into a strided view, and this runs for every block of every call."""
+    bias.copy_(mask).sub_(1).mul_(torch.finfo(bias.dtype).max).mul_(2)
 
 
 def _layout_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.Tensor:

@@ -475,7 +475,9 @@ class _CameraRouter:
                                  f"that level needs {list(expected)} (B, C, T, h, w): compute the Plücker "
                                  f"embedding at the latent's image size and batch, with a pose encoder whose "
                                  f"channels equal the UNet widths")
-            block.pose_tokens = rearrange(feature.to(self.dtype), "b c t h w -> (b h w) t c")
+            # contiguous once per resolution: the blocks add these tokens to theirs, and the strided view (channels
+            # T*h*w apart) made every such add an order of magnitude slower than the copy
+            block.pose_tokens = rearrange(feature.to(self.dtype), "b c t h w -> (b h w) t c").contiguous()
         if self.masks is not None and not self.unet.epipolar.get("is_3d_full_attn"):
             mask = lookup_mask(self.masks, self.origin_h, height)
             if mask is not None:
