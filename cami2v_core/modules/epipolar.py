@@ -166,7 +166,7 @@ class RegisterTokenAttention(nn.Module):
         The gathered path is inference only (its gathers write into reused buffers); with autograd recording, a
         block mask is expanded back to the dense mask it stands for."""
         if isinstance(mask, EpipolarBlockMask):
-            if not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))):
+            if self.gathers(x):
                 return self._forward_gathered(x, mask)
             mask = mask.to_dense().to(x.device)
             if self.num_register_tokens > 0:
@@ -182,6 +182,10 @@ class RegisterTokenAttention(nn.Module):
             mask = mask.unsqueeze(1)  # [B, 1, L, R+L]: a broadcast view over heads, never a per-head copy
         out = attention(q, k, v, mask=mask)  # default scale dim_head^-0.5, as the original's SDPA call
         return self.to_out(merge_heads(out))
+
+    def gathers(self, x: torch.Tensor) -> bool:
+        """Whether a block mask takes the gathered path for input x: only when autograd records nothing."""
+        return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
 
     def _forward_gathered(self, x: torch.Tensor, blocks: EpipolarBlockMask) -> torch.Tensor:
         """The same attention with only the allowed pairs scored (epipolar_sparse.py). x [B, L, C] -> [B, L, C].
@@ -251,11 +255,16 @@ class EpipolarAttention(nn.Module):
         """x [(B h w), T, C] + mask bool [B, L, L] or [B, L, R+L] (L = T*h*w) or None (unmasked) -> [(B h w), T, C]."""
         hw = x.shape[0] // batch_size
         frames = x.shape[1]
-        tokens = rearrange(x, "(b hw) t c -> b (t hw) c", b=batch_size)  # frame-major, then y, then x (§4.3)
         if self.is_3d_full_attn:
             mask = None
         if mask is not None:
-            mask = self._choose_kernel(mask, batch_size, tokens.shape[1], frames, tokens.device)
+            mask = self._choose_kernel(mask, batch_size, hw * frames, frames, x.device)
+            if isinstance(mask, EpipolarBlockMask) and self.epipolar_attn.gathers(x):
+                # The gathered kernel takes tokens in any order its indices say: in the block's own cell-major
+                # order, the tokens and the output need no frame-major copy.
+                out = self.epipolar_attn(x.reshape(batch_size, hw * frames, -1), mask.cell_major())
+                return out.view(batch_size * hw, frames, -1)
+        tokens = rearrange(x, "(b hw) t c -> b (t hw) c", b=batch_size)  # frame-major, then y, then x (§4.3)
         out = self.epipolar_attn(tokens, mask)
         return rearrange(out, "b (t hw) c -> (b hw) t c", hw=hw)
 

@@ -99,6 +99,23 @@ class BlockLayout:
     slots: int = 0      # query rows over all groups, padding included
     key_rows: int = 0   # key rows gathered over all groups, padding included
     workspace: dict = field(default_factory=dict, repr=False, compare=False)  # see `scratch`
+    derived: dict = field(default_factory=dict, repr=False, compare=False)  # see `cell_major`
+
+    def cell_major(self) -> "BlockLayout":
+        """The same layout over tokens in cell-major order (token of frame t and cell p at p*T + t, the layout of
+        the host temporal block's [(h w), T, C] tokens) instead of frame-major (t*h*w + p); built once."""
+        if "cell_major" not in self.derived:
+            L, T = self.length, self.frames
+            cells = L // T
+
+            def remap(index):  # indices >= L (padding slots, register rows) keep their meaning
+                return torch.where(index < L, (index % cells) * T + index // cells, index)
+
+            blocks = [GroupBlock(remap(b.query_index), remap(b.key_index), b.mask, remap(b.query_source),
+                                 registers=b.registers) for b in self.blocks]
+            self.derived["cell_major"] = BlockLayout(L, T, blocks, self.allowed, self.scored, self.kind, self.slots,
+                                                     self.key_rows)
+        return self.derived["cell_major"]
 
     def scratch(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
         """A flat tensor of `numel` elements (like's dtype and device) for the temporaries of one attention call.
@@ -225,6 +242,10 @@ class EpipolarBlockMask:
     def relative_cost(self) -> float:
         """Modelled time of the gathered attention over that of dense masked attention (< 1: gathering pays)."""
         return sum(self.layouts[i].cost for i in self.batch_map) / (self.batch_size * dense_cost(self.length))
+
+    def cell_major(self) -> "EpipolarBlockMask":
+        """The same masks over cell-major tokens (see `BlockLayout.cell_major`); the layouts are built once."""
+        return EpipolarBlockMask([layout.cell_major() for layout in self.layouts], self.batch_map)
 
     def repeat_batch(self, n: int) -> "EpipolarBlockMask":
         """The batch repeated n times ([m0, m1] -> [m0, m1, m0, m1]), sharing the layouts."""

@@ -166,7 +166,9 @@ class BasicTransformerBlock(nn.Module):
     def _forward(self, x, context, camera):
         n = self.norm1(x)
         if camera is not None and self.camera == "cami2v":
-            x = self._cami2v_term(n, camera) + self.attn1(n) + x  # "add_to_main_branch" (spec §4.2)
+            # "add_to_main_branch" (spec §4.2); one fresh sum, then in place (never into a module's own output,
+            # which forward hooks may hold)
+            x = torch.add(x, self.attn1(n)).add_(self._cami2v_term(n, camera))
         elif camera is not None and self.camera == "cameractrl" and camera.pose_tokens is not None:
             p = camera.pose_tokens.to(n.dtype)
             x = self.attn1(n + self.cc_projection(n + p)) + x  # camera enters attn1's input (spec §5.1)
