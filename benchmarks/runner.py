@@ -172,6 +172,8 @@ def run(settings: Settings, log=print) -> dict:
         res = results[name]
         res["sampling_s"] = seconds
         res["sampling_steps"] = settings.steps
+        # counted again now: the gathered kernel's scratch memory lives with the camera's layouts from the first call
+        res["camera_bytes"] = _camera_bytes(conds[name].camera)
         if device.type == "cuda":
             res["peak_memory_bytes"] = transient  # everything on the device during the run
         else:

@@ -147,9 +147,16 @@ class BlockLayout:
 
     @property
     def nbytes(self) -> int:
-        """Memory of its tensors."""
-        return sum(t.numel() * t.element_size() for b in self.blocks
-                   for t in (b.query_index, b.key_index, b.mask, b.query_source))
+        """Memory it holds: index tensors and block masks, scratch memory and derived layouts (shared tensors
+        counted once)."""
+        return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in self._tensors()}.values())
+
+    def _tensors(self):
+        for b in self.blocks:
+            yield from (b.query_index, b.key_index, b.mask, b.query_source)
+        yield from self.workspace.values()
+        for layout in self.derived.values():
+            yield from layout._tensors()
 
     def to(self, device) -> "BlockLayout":
         """The same layout on `device`."""
@@ -230,7 +237,7 @@ class EpipolarBlockMask:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the index tensors and block masks."""
+        """Memory held by the layouts: index tensors, block masks and the scratch memory of the gathered kernel."""
         return sum(layout.nbytes for layout in self.layouts)
 
     @property
