@@ -104,15 +104,17 @@ def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
     """{stride: bool [B, L, L]} -> the same dict with every mask the kernel gathers replaced by its gathered form.
 
     A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
-    32x32 level; the gathered form of that level takes about 30 MB), and every UNet call finds the gathered form
-    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
+    32x32 level; the gathered form of that level takes about 20 MB, and the gathered kernel's scratch memory about
+    110 MB shared by all levels), and every UNet call finds the gathered form ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
     """
     if masks is None:
         return None
-    out = {}
+    out, workspace = {}, {}
     for stride, mask in masks.items():
         blocks = mask if isinstance(mask, EpipolarBlockMask) else gathered_form(mask, frames, num_register_tokens,
                                                                                   device)
+        if blocks is not None:
+            blocks.share_workspace(workspace)  # the levels run one after another: one set of scratch buffers
         out[stride] = blocks if blocks is not None else mask
     return out
 

@@ -46,7 +46,7 @@ MIN_SPARSE_TOKENS = 2048
 # 256 the time at the 32x32 level hardly moves); "once" tries each of ONCE_GROUP_SIZES and keeps the cheapest.
 GROUP_SIZE = 64
 ONCE_GROUP_SIZES = (16, 32, 64)
-BLOCK_ROWS = 16384
+BLOCK_ROWS = 4096
 LAYOUT_KINDS = ("auto", "split", "once", "merged")
 # Cost model, seconds per attention head (64 channels) on the 2-core CPU of docs/performance.md, measured with
 # torch's CPU flash kernel: a fixed cost per query row of an attention call, one per scored (query, key) pair,
@@ -114,7 +114,7 @@ class BlockLayout:
             blocks = [GroupBlock(remap(b.query_index), remap(b.key_index), b.mask, remap(b.query_source),
                                  registers=b.registers) for b in self.blocks]
             self.derived["cell_major"] = BlockLayout(L, T, blocks, self.allowed, self.scored, self.kind, self.slots,
-                                                     self.key_rows)
+                                                     self.key_rows, workspace=self.workspace)
         return self.derived["cell_major"]
 
     def scratch(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -249,6 +249,13 @@ class EpipolarBlockMask:
     def relative_cost(self) -> float:
         """Modelled time of the gathered attention over that of dense masked attention (< 1: gathering pays)."""
         return sum(self.layouts[i].cost for i in self.batch_map) / (self.batch_size * dense_cost(self.length))
+
+    def share_workspace(self, workspace: dict) -> None:
+        """Make every layout (and its derived ones) use `workspace` for scratch memory: masks whose attention never
+        runs at the same time (the levels of one camera condition) then hold one set of buffers between them."""
+        for layout in self.layouts:
+            for user in (layout, *layout.derived.values()):
+                user.workspace = workspace
 
     def cell_major(self) -> "EpipolarBlockMask":
         """The same masks over cell-major tokens (see `BlockLayout.cell_major`); the layouts are built once."""
@@ -677,26 +684,22 @@ def _split_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch
     partial softmaxes are merged through their log-sum-exps."""
     b, L, h, d = q.shape
     work = _work_dtype(q.dtype)
-    parts = []
-    for with_registers in (True, False):
-        name = "other" if with_registers else "own"
-        out = layout.scratch(name, b * (L + 1) * h * d, q).view(b, L + 1, h, d)
-        lse = layout.scratch(name + "_lse", b * (L + 1) * h, q.new_empty((), dtype=work)).view(b, L + 1, h)
-        if not with_registers:  # the own-frame part starts empty (out 0, lse -inf): a group with no key is skipped
-            out.zero_()
-        lse.fill_(-math.inf)
-        blocks = [blk for blk in layout.blocks if blk.registers == with_registers]
-        _attend_groups(q, kvr, R, layout, blocks, scale, out, lse)
-        parts.append((out[:, :L], lse[:, :L]))
-    (out_other, lse_other), (out_own, lse_own) = parts
+    out = q.new_empty(b, L + 1, h, d)  # the other-frame part, then the result (row L takes the padding slots)
+    # the own-frame part starts empty (out 0, lse -inf): a group without any key is skipped
+    own = layout.scratch("own", b * (L + 1) * h * d, q).view(b, L + 1, h, d).zero_()
+    lse_other, lse_own = (layout.scratch(name, b * (L + 1) * h, q.new_empty((), dtype=work)).view(b, L + 1, h)
+                          .fill_(-math.inf) for name in ("other_lse", "own_lse"))
+    _attend_groups(q, kvr, R, layout, [blk for blk in layout.blocks if blk.registers], scale, out, lse_other)
+    _attend_groups(q, kvr, R, layout, [blk for blk in layout.blocks if not blk.registers], scale, own, lse_own)
+    out, own, lse_other, lse_own = out[:, :L], own[:, :L], lse_other[:, :L], lse_own[:, :L]
     # the share of the own-frame keys in the softmax over both parts; the registers keep lse_other finite
     top = torch.maximum(lse_other, lse_own)
     share = (lse_own - top).exp_()
     share.div_((lse_other - top).exp_().add_(share))
     empty = torch.isneginf(lse_own)  # a query whose own-frame line has no key: an empty softmax, NaN output
     if bool(empty.any()):
-        out_own.masked_fill_(empty[..., None], 0.0)
-    return torch.lerp(out_other, out_own, share[..., None].to(q.dtype))
+        own.masked_fill_(empty[..., None], 0.0)
+    return out.lerp_(own, share[..., None].to(q.dtype))
 
 
 def _attend_groups(q, kvr, R: int, layout: BlockLayout, blocks: list, scale: float, out: torch.Tensor,
