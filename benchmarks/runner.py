@@ -10,6 +10,7 @@ conditioning: the encoders and the VAE are the same for all three models and run
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -146,6 +147,7 @@ def run(settings: Settings, log=print) -> dict:
     x = torch.randn(1, config.channels, frames, *config.image_size, generator=g).to(device, dtype)
     t = torch.tensor([500], device=device)
     runs = {name: [] for name in models}
+    cpu_runs = {name: [] for name in models}
     with inference():
         # one untimed call first: the first forward of a process also pays for page faults and kernel setup, which
         # the shared layers then no longer need in any model
@@ -153,13 +155,18 @@ def run(settings: Settings, log=print) -> dict:
         _, seconds = timed(unet_call(models[first], conds[first], x, t), device)
         log(f"{first}: warm-up forward {seconds:.2f} s (not counted)")
         for r in range(settings.repeats):
-            for name, model in models.items():
-                _, seconds = timed(unet_call(model, conds[name], x, t), device)
+            # the order flips every round (A B, B A, ...), so a drift in machine speed favours no model
+            for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                cpu_start = time.process_time()
+                _, seconds = timed(unet_call(models[name], conds[name], x, t), device)
+                cpu_runs[name].append(time.process_time() - cpu_start)
                 runs[name].append(seconds)
                 log(f"{name}: UNet forward {seconds:.2f} s (run {r + 1}/{settings.repeats})")
     for name in models:
         results[name]["unet_forward_s"] = summary(runs[name])
         results[name]["unet_forward_runs_s"] = runs[name]
+        results[name]["unet_forward_cpu_s"] = summary(cpu_runs[name])
+        results[name]["unet_forward_cpu_runs_s"] = cpu_runs[name]
     if settings.levels and settings.size == "256":
         from .levels import measure_levels
 
@@ -209,7 +216,12 @@ def sampling_run(model, cond: Conditioning, settings: Settings, device) -> tuple
 
 
 def ratios(results: dict) -> dict:
-    """CamI2V (and CameraCtrl) over DynamiCrafter, for the numbers measured in this run."""
+    """CamI2V (and CameraCtrl) over DynamiCrafter, for the numbers measured in this run.
+
+    The UNet-forward ratio is the median of the per-round ratios (each model's forward of round r over
+    DynamiCrafter's of the same round, run back to back) when the runs are given: on a shared machine whose speed
+    drifts by 10% within minutes, pairs measured together scatter much less than separate medians. The same from
+    process CPU time (`*_cpu`) is not slowed by time the machine gives to other guests."""
     out = {}
     base = results.get("dynamicrafter")
     if base is None:
@@ -218,11 +230,21 @@ def ratios(results: dict) -> dict:
         res = results.get(name)
         if res is None:
             continue
-        out[f"{prefix}epipolar_overhead" if not prefix else f"{prefix}overhead"] = \
-            res["unet_forward_s"] / base["unet_forward_s"]
+        key = f"{prefix}epipolar_overhead" if not prefix else f"{prefix}overhead"
+        out[key] = _paired_ratio(res, base, "unet_forward_s", "unet_forward_runs_s")
+        if "unet_forward_cpu_s" in res and "unet_forward_cpu_s" in base:
+            out[f"{key}_cpu"] = _paired_ratio(res, base, "unet_forward_cpu_s", "unet_forward_cpu_runs_s")
         out[f"{prefix}memory_overhead"] = res["peak_memory_bytes"] / base["peak_memory_bytes"]
         out[f"{prefix}sampling_overhead"] = res["sampling_s"] / base["sampling_s"]
     return out
+
+
+def _paired_ratio(res: dict, base: dict, field: str, runs_field: str) -> float:
+    """Median of per-round ratios res/base when both have the same number of runs, else the ratio of `field`."""
+    a, b = res.get(runs_field), base.get(runs_field)
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return res[field] / base[field]
 
 
 def _camera_bytes(camera) -> int:
