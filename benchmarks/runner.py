@@ -252,12 +252,9 @@ def _camera_bytes(camera) -> int:
     if camera is None:
         return 0
     tensors = list(getattr(camera, "pose_features", None) or [])
-    gathered = 0
     for mask in (getattr(camera, "epipolar_masks", None) or {}).values():
-        if torch.is_tensor(mask):
-            tensors.append(mask)
-        else:
-            gathered += mask.nbytes
+        # a gathered form's index tensors and scratch memory (shared by the levels: counted once)
+        tensors.extend([mask] if torch.is_tensor(mask) else mask.tensors())
     if getattr(camera, "rt", None) is not None:
         tensors.append(camera.rt)
-    return tensor_bytes(tensors) + gathered
+    return tensor_bytes(tensors)

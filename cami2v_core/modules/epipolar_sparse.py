@@ -149,14 +149,15 @@ class BlockLayout:
     def nbytes(self) -> int:
         """Memory it holds: index tensors and block masks, scratch memory and derived layouts (shared tensors
         counted once)."""
-        return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in self._tensors()}.values())
+        return _distinct_bytes(self.tensors())
 
-    def _tensors(self):
+    def tensors(self):
+        """Every tensor it holds, its scratch memory and derived layouts included (a shared one may repeat)."""
         for b in self.blocks:
             yield from (b.query_index, b.key_index, b.mask, b.query_source)
         yield from self.workspace.values()
         for layout in self.derived.values():
-            yield from layout._tensors()
+            yield from layout.tensors()
 
     def to(self, device) -> "BlockLayout":
         """The same layout on `device`."""
@@ -237,8 +238,14 @@ class EpipolarBlockMask:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the layouts: index tensors, block masks and the scratch memory of the gathered kernel."""
-        return sum(layout.nbytes for layout in self.layouts)
+        """Memory held by the layouts: index tensors, block masks and the scratch memory of the gathered kernel
+        (a workspace shared with other masks included; see `share_workspace`)."""
+        return _distinct_bytes(self.tensors())
+
+    def tensors(self):
+        """Every tensor its layouts hold (see `BlockLayout.tensors`)."""
+        for layout in self.layouts:
+            yield from layout.tensors()
 
     @property
     def kinds(self) -> list:
@@ -316,6 +323,11 @@ class EpipolarBlockMask:
                 m.index_put_((rows[block.mask], cols[block.mask]), torch.ones((), dtype=torch.bool, device=m.device))
             dense.append(m[:L])
         return torch.stack([dense[i] for i in self.batch_map])
+
+
+def _distinct_bytes(tensors) -> int:
+    """Bytes of the distinct tensors among `tensors` (one counted once however often it repeats)."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def _strip_registers(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
