@@ -179,7 +179,7 @@ def run(settings: Settings, log=print) -> dict:
         res = results[name]
         res["sampling_s"] = seconds
         res["sampling_steps"] = settings.steps
-        # counted again now: the gathered kernel's scratch memory lives with the camera's layouts from the first call
+        # counted again now: the cell-major layouts the gathered kernel derives at its first call belong to it too
         res["camera_bytes"] = _camera_bytes(conds[name].camera)
         if device.type == "cuda":
             res["peak_memory_bytes"] = transient  # everything on the device during the run
@@ -253,7 +253,7 @@ def _camera_bytes(camera) -> int:
         return 0
     tensors = list(getattr(camera, "pose_features", None) or [])
     for mask in (getattr(camera, "epipolar_masks", None) or {}).values():
-        # a gathered form's index tensors and scratch memory (shared by the levels: counted once)
+        # a gathered form's index tensors (those its layouts share counted once)
         tensors.extend([mask] if torch.is_tensor(mask) else mask.tensors())
     if getattr(camera, "rt", None) is not None:
         tensors.append(camera.rt)

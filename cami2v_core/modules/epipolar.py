@@ -104,17 +104,15 @@ def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
     """{stride: bool [B, L, L]} -> the same dict with every mask the kernel gathers replaced by its gathered form.
 
     A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
-    32x32 level; the gathered form of that level takes about 20 MB, and the gathered kernel's scratch memory about
-    110 MB shared by all levels), and every UNet call finds the gathered form ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
+    32x32 level; the gathered form of that level takes about 20 MB), and every UNet call finds the gathered form
+    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
     """
     if masks is None:
         return None
-    out, workspace = {}, {}
+    out = {}
     for stride, mask in masks.items():
         blocks = mask if isinstance(mask, EpipolarBlockMask) else gathered_form(mask, frames, num_register_tokens,
                                                                                   device)
-        if blocks is not None:
-            blocks.share_workspace(workspace)  # the levels run one after another: one set of scratch buffers
         out[stride] = blocks if blocks is not None else mask
     return out
 
@@ -206,16 +204,12 @@ class RegisterTokenAttention(nn.Module):
         for e in range(b):
             # q alone and k, v in one GEMM, each into its own contiguous tensor: the gathers read rows of them, and
             # index_select copies a strided source whole before every gather. The register tokens' keys and values
-            # go in the rows after the tokens', so one gather fetches both. Both are temporaries of this call, in
-            # the layout's reused scratch memory.
-            layout = blocks.layouts[blocks.batch_map[e]]
-            q = layout.scratch("projected_q", length * inner, x).view(length, inner)
-            torch.mm(x[e], self.to_q.weight.t(), out=q)
-            kvr = layout.scratch("projected_kvr", (length + R) * 2 * inner, x).view(1, length + R, 2 * inner)
+            # go in the rows after the tokens', so one gather fetches both.
+            q = self.to_q(x[e]).view(1, length, self.heads, -1)
+            kvr = x.new_empty(1, length + R, 2 * inner)
             torch.mm(x[e], w_kv.t(), out=kvr[0, :length])
             kvr[0, length:] = register_kv
-            o = gathered_attention_kvr(q.view(1, length, self.heads, -1), kvr.view(1, length + R, 2, self.heads, -1),
-                                       R, blocks[e])
+            o = gathered_attention_kvr(q, kvr.view(1, length + R, 2, self.heads, -1), R, blocks[e])
             del q, kvr
             torch.addmm(out_layer.bias, o.reshape(length, inner), out_layer.weight.t(), out=out[e])
         return out  # to_out's dropout is inactive at inference, and this path only runs there (no autograd)

@@ -46,7 +46,7 @@ MIN_SPARSE_TOKENS = 2048
 # 256 the time at the 32x32 level hardly moves); "once" tries each of ONCE_GROUP_SIZES and keeps the cheapest.
 GROUP_SIZE = 64
 ONCE_GROUP_SIZES = (16, 32, 64)
-BLOCK_ROWS = 4096
+BLOCK_ROWS = 2048
 LAYOUT_KINDS = ("auto", "split", "once", "merged")
 # Cost model, seconds per attention head (64 channels) on the 2-core CPU of docs/performance.md, measured with
 # torch's CPU flash kernel: a fixed cost per query row of an attention call, one per scored (query, key) pair,
@@ -98,7 +98,6 @@ class BlockLayout:
     kind: str = "merged"  # "once", "split" or "merged": see the module docstring
     slots: int = 0      # query rows over all groups, padding included
     key_rows: int = 0   # key rows gathered over all groups, padding included
-    workspace: dict = field(default_factory=dict, repr=False, compare=False)  # see `scratch`
     derived: dict = field(default_factory=dict, repr=False, compare=False)  # see `cell_major`
 
     def cell_major(self) -> "BlockLayout":
@@ -114,24 +113,8 @@ class BlockLayout:
             blocks = [GroupBlock(remap(b.query_index), remap(b.key_index), b.mask, remap(b.query_source),
                                  registers=b.registers) for b in self.blocks]
             self.derived["cell_major"] = BlockLayout(L, T, blocks, self.allowed, self.scored, self.kind, self.slots,
-                                                     self.key_rows, workspace=self.workspace)
+                                                     self.key_rows)
         return self.derived["cell_major"]
-
-    def scratch(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A flat tensor of `numel` elements (like's dtype and device) for the temporaries of one attention call.
-
-        On a CPU it is kept with the layout and handed out again to every layer and step that uses the layout: fresh
-        buffers of tens of MB are mapped, page-faulted and zeroed anew by the allocator each time, about a tenth of
-        a call at the 256 model's 32x32 level. Other devices' caching allocators already reuse memory. The contents
-        are undefined, and the next call with the same name overwrites them: never return a scratch tensor."""
-        if like.device.type != "cpu":
-            return like.new_empty(numel)
-        key = (name, like.dtype, torch.is_inference_mode_enabled())
-        buffer = self.workspace.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = like.new_empty(numel)
-            self.workspace[key] = buffer
-        return buffer[:numel]
 
     @property
     def cost(self) -> float:
@@ -147,15 +130,14 @@ class BlockLayout:
 
     @property
     def nbytes(self) -> int:
-        """Memory it holds: index tensors and block masks, scratch memory and derived layouts (shared tensors
-        counted once)."""
+        """Memory it holds: index tensors and block masks, and those of derived layouts (shared tensors counted
+        once)."""
         return _distinct_bytes(self.tensors())
 
     def tensors(self):
-        """Every tensor it holds, its scratch memory and derived layouts included (a shared one may repeat)."""
+        """Every tensor it holds, derived layouts included (a shared one may repeat)."""
         for b in self.blocks:
             yield from (b.query_index, b.key_index, b.mask, b.query_source)
-        yield from self.workspace.values()
         for layout in self.derived.values():
             yield from layout.tensors()
 
@@ -238,8 +220,7 @@ class EpipolarBlockMask:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the layouts: index tensors, block masks and the scratch memory of the gathered kernel
-        (a workspace shared with other masks included; see `share_workspace`)."""
+        """Memory held by the layouts: index tensors and block masks."""
         return _distinct_bytes(self.tensors())
 
     def tensors(self):
@@ -256,13 +237,6 @@ class EpipolarBlockMask:
     def relative_cost(self) -> float:
         """Modelled time of the gathered attention over that of dense masked attention (< 1: gathering pays)."""
         return sum(self.layouts[i].cost for i in self.batch_map) / (self.batch_size * dense_cost(self.length))
-
-    def share_workspace(self, workspace: dict) -> None:
-        """Make every layout (and its derived ones) use `workspace` for scratch memory: masks whose attention never
-        runs at the same time (the levels of one camera condition) then hold one set of buffers between them."""
-        for layout in self.layouts:
-            for user in (layout, *layout.derived.values()):
-                user.workspace = workspace
 
     def cell_major(self) -> "EpipolarBlockMask":
         """The same masks over cell-major tokens (see `BlockLayout.cell_major`); the layouts are built once."""
@@ -685,7 +659,7 @@ def _once_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch.
     block gives the final rows, written straight into the output."""
     b, L, h, d = q.shape
     out = q.new_empty(b, L + 1, h, d)  # row L takes the padding slots
-    _attend_groups(q, kvr, R, layout, layout.blocks, scale, out)
+    _attend_groups(q, kvr, R, layout.blocks, scale, out)
     return out[:, :L]
 
 
@@ -698,11 +672,10 @@ def _split_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch
     work = _work_dtype(q.dtype)
     out = q.new_empty(b, L + 1, h, d)  # the other-frame part, then the result (row L takes the padding slots)
     # the own-frame part starts empty (out 0, lse -inf): a group without any key is skipped
-    own = layout.scratch("own", b * (L + 1) * h * d, q).view(b, L + 1, h, d).zero_()
-    lse_other, lse_own = (layout.scratch(name, b * (L + 1) * h, q.new_empty((), dtype=work)).view(b, L + 1, h)
-                          .fill_(-math.inf) for name in ("other_lse", "own_lse"))
-    _attend_groups(q, kvr, R, layout, [blk for blk in layout.blocks if blk.registers], scale, out, lse_other)
-    _attend_groups(q, kvr, R, layout, [blk for blk in layout.blocks if not blk.registers], scale, own, lse_own)
+    own = q.new_zeros(b, L + 1, h, d)
+    lse_other, lse_own = (torch.full((b, L + 1, h), -math.inf, dtype=work, device=q.device) for _ in range(2))
+    _attend_groups(q, kvr, R, [blk for blk in layout.blocks if blk.registers], scale, out, lse_other)
+    _attend_groups(q, kvr, R, [blk for blk in layout.blocks if not blk.registers], scale, own, lse_own)
     out, own, lse_other, lse_own = out[:, :L], own[:, :L], lse_other[:, :L], lse_own[:, :L]
     # the share of the own-frame keys in the softmax over both parts; the registers keep lse_other finite
     top = torch.maximum(lse_other, lse_own)
@@ -714,9 +687,8 @@ def _split_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch
     return out.lerp_(own, share[..., None].to(q.dtype))
 
 
-def _attend_groups(q, kvr, R: int, layout: BlockLayout, blocks: list, scale: float, out: torch.Tensor,
-                   lse: torch.Tensor | None = None):
-    """The attention of every group of `blocks` (of `layout`; a query at most once among them): q [b, L, h, d], kvr
+def _attend_groups(q, kvr, R: int, blocks: list, scale: float, out: torch.Tensor, lse: torch.Tensor | None = None):
+    """The attention of every group of `blocks` (a query at most once among them): q [b, L, h, d], kvr
     [b, L+R, 2, h, d]; each member's row goes to out [b, L+1, h, d] (row L takes the padding slots) and, when `lse`
     [b, L+1, h] is given, its log-sum-exp there. A block's keys are the registers (when `block.registers`) and its
     union; a block without any key is skipped."""
@@ -727,10 +699,10 @@ def _attend_groups(q, kvr, R: int, layout: BlockLayout, blocks: list, scale: flo
     most_q = max((blk.query_source.numel() for blk in blocks), default=0)
     most_k = max((blk.mask.shape[0] * w for blk, w in zip(blocks, widths)), default=0)
     most_m = max((blk.mask.shape[0] * blk.mask.shape[1] * w for blk, w in zip(blocks, widths)), default=0)
-    q_space = layout.scratch("q", most_q * h * d, q)
-    kv_space = layout.scratch("kv", most_k * 2 * h * d, kvr)
+    q_space = q.new_empty(most_q * h * d)
+    kv_space = kvr.new_empty(most_k * 2 * h * d)
     with_bias = lse is None or (q.device.type == "cpu" and _cpu_flash_works())
-    bias_space = layout.scratch("bias", most_m, q) if with_bias else None
+    bias_space = q.new_empty(most_m) if with_bias else None
     for block, width in zip(blocks, widths):
         g, n_q, n_k = block.mask.shape
         if width == 0:
