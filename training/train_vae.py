@@ -71,7 +71,9 @@ def _model_config(name: str):
         raw = OmegaConf.to_container(OmegaConf.load(name), resolve=True)
         if isinstance(raw, dict) and "train" in raw:
             from training.train import model_config_from_section
-            return model_config_from_section(raw["model"])
+            # the scale factor comes from the VAE this trains: a config may name that file before it exists
+            section = {k: v for k, v in raw["model"].items() if k != "scale_factor_from"}
+            return model_config_from_section(section)
     return resolve_config(name)
 
 
