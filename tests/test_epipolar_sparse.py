@@ -90,34 +90,39 @@ def test_merged_layout_covers_exactly_the_mask(kind):
     assert seen.numel() == int(hits.sum())
 
 
+def built_layout(kind, group_size, layout_kind):
+    """The layout of a 4-frame 8x8-cell epipolar mask, after the checks every layout passes."""
+    mask = epipolar_masks(kind=kind)[8]
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=group_size, kind=layout_kind)
+    assert torch.equal(blocks.to_dense(), mask)
+    layout = blocks.layouts[0]
+    assert layout.kind == layout_kind and layout.allowed == int(mask.sum()) and layout.scored >= layout.allowed
+    return layout
+
+
+def every_query_once(blocks):
+    rows = torch.cat([b.query_index.reshape(-1) for b in blocks])
+    return torch.equal(rows[rows < 256].sort().values, torch.arange(256))  # padding slots are 256
+
+
 @pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
 @pytest.mark.parametrize("group_size", [None, 8, 5])
 def test_once_layout_has_every_query_exactly_once(kind, group_size):
-    mask = epipolar_masks(kind=kind)[8]
-    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=group_size, kind="once")
-    assert torch.equal(blocks.to_dense(), mask)
-    layout = blocks.layouts[0]
-    assert layout.kind == "once" and layout.allowed == int(mask.sum()) and layout.scored >= layout.allowed
-    rows = torch.cat([b.query_index.reshape(-1) for b in layout.blocks])
-    assert torch.equal(rows[rows < 256].sort().values, torch.arange(256))  # each query once, padding = 256
+    layout = built_layout(kind, group_size, "once")
+    assert every_query_once(layout.blocks)
     for b in layout.blocks:
         assert bool((b.key_index < 256).all()) and not bool(b.mask[b.query_index == 256].any())
-    assert layout.slots == rows.numel()
+    assert layout.slots == sum(b.query_index.numel() for b in layout.blocks)
 
 
 @pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
 @pytest.mark.parametrize("group_size", [None, 8, 5])
 def test_split_layout_has_every_query_once_per_part(kind, group_size):
-    mask = epipolar_masks(kind=kind)[8]
-    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=group_size, kind="split")
-    assert torch.equal(blocks.to_dense(), mask)
-    layout = blocks.layouts[0]
-    assert layout.kind == "split" and layout.allowed == int(mask.sum()) and layout.scored >= layout.allowed
+    layout = built_layout(kind, group_size, "split")
     n = 64
     for registers in (True, False):
         part = [b for b in layout.blocks if b.registers == registers]
-        rows = torch.cat([b.query_index.reshape(-1) for b in part])
-        assert torch.equal(rows[rows < 256].sort().values, torch.arange(256))
+        assert every_query_once(part)
         for b in part:  # the own-frame part holds only keys of the query's frame, the other part none of them
             real = b.query_index < 256
             same = (b.key_index[:, None, :] // n == b.query_index[:, :, None] // n)[real]
