@@ -12,7 +12,7 @@ from cami2v_core import build_model, load_model
 from cami2v_core.bundled import bundled_model_path
 from training.camera_sensitivity import camera_sensitivity, main
 from training.data import RealEstate10KDataset
-from training.train import model_config_from_section
+from training.train import DiffusionObjective, model_config_from_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,12 @@ def test_a_model_without_camera_input_scores_all_cases_the_same(batch):
     model = build_model(cfg.replace(scale_factor=bundled.config.scale_factor))
     missing, _ = model.load_state_dict(bundled.state_dict(), strict=False)
     assert not missing
-    r = camera_sensitivity(model.eval(), batch[1], seeds=1)
+    r = camera_sensitivity(model.eval(), batch[1], seeds=1, t_bins=2)
     assert r["loss_true"] == r["loss_swapped"] == r["loss_static"]
+    assert [(b["t_lo"], b["t_hi"]) for b in r["bins"]] == [(0, 500), (500, 1000)]
+    for band in r["bins"]:
+        assert band["loss_true"] == band["loss_swapped"] == band["loss_static"]
+        assert band["relative_gain"] == 0.0
 
 
 def test_the_bundled_model_does_better_with_the_true_cameras(batch):
@@ -53,3 +57,37 @@ def test_cli_prints_json_and_explains_bad_input(batch, tmp_path, capsys):
     assert out["clips"] == 2 and {"loss_true", "loss_swapped", "loss_static"} <= set(out)
     assert main(["--ckpt", str(tmp_path / "nope.safetensors"), "--data", str(batch[0])]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_the_objective_draws_timesteps_inside_its_band(batch, monkeypatch):
+    model = load_model(bundled_model_path()).eval()
+    seen = []
+    apply_model = model.apply_model
+
+    def spy(x_t, t, *args, **kwargs):
+        seen.append(t.clone())
+        return apply_model(x_t, t, *args, **kwargs)
+
+    monkeypatch.setattr(model, "apply_model", spy)
+    with torch.no_grad():
+        whole = DiffusionObjective(model, 0.0, False)(batch[1], torch.Generator().manual_seed(0))
+        same = DiffusionObjective(model, 0.0, False, t_range=(0, 1000))(batch[1], torch.Generator().manual_seed(0))
+        DiffusionObjective(model, 0.0, False, t_range=(900, 910))(batch[1], torch.Generator().manual_seed(0))
+    assert whole.item() == same.item()  # the full band is exactly the training draw
+    assert torch.equal(seen[0], seen[1])
+    assert ((seen[2] >= 900) & (seen[2] < 910)).all()
+    with pytest.raises(ValueError, match="t_range"):
+        DiffusionObjective(model, 0.0, False, t_range=(500, 500))
+
+
+def test_bands_split_the_timesteps_and_bad_counts_are_refused(batch, capsys):
+    r = camera_sensitivity(load_model(bundled_model_path()).eval(), batch[1], seeds=1, t_bins=4)
+    assert [(b["t_lo"], b["t_hi"]) for b in r["bins"]] == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    for band in r["bins"]:
+        assert band["relative_gain"] == pytest.approx(band["static_minus_true"] / band["loss_static"])
+    assert len({round(b["loss_true"], 6) for b in r["bins"]}) == 4  # each band is scored on its own timesteps
+    with pytest.raises(ValueError, match="t_bins"):
+        camera_sensitivity(load_model(bundled_model_path()).eval(), batch[1], seeds=1, t_bins=0)
+    assert main(["--ckpt", str(bundled_model_path()), "--data", str(batch[0]), "--clips", "2", "--seeds", "1",
+                 "--t-bins", "0"]) == 2
+    assert "t_bins" in capsys.readouterr().err

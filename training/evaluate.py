@@ -154,7 +154,8 @@ def _load(path: Path):
                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def _generate(model, clip: BenchmarkClip, steps: int, cfg_text: float, eta: float, seed: int, stride: int):
+def _generate(model, clip: BenchmarkClip, steps: int, cfg_text: float, eta: float, seed: int, stride: int,
+              cfg_camera: float = 1.0):
     import torch
     from cami2v_core.pipeline import generate
     from trajectories import Trajectory
@@ -163,7 +164,8 @@ def _generate(model, clip: BenchmarkClip, steps: int, cfg_text: float, eta: floa
     height, width = clip.frames.shape[1:3]
     trajectory = Trajectory(clip.w2c, clip.intrinsics, aspect=width / height)
     out = generate(model, image, trajectory, prompt=clip.caption, negative_prompt="", use_trajectory_intrinsics=True,
-                   steps=steps, cfg_text=cfg_text, eta=eta, seed=seed, frame_stride=stride)
+                   steps=steps, cfg_text=cfg_text, eta=eta, seed=seed, frame_stride=stride,
+                   cfg_camera=cfg_camera if model.config.variant != "dynamicrafter" else 1.0)
     return np.clip(np.round(out.numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -371,7 +373,8 @@ def run(args, log=print) -> dict:
             "clip_frames": args.clip_frames,
             "note": "held-out rooms: random streams keyed (bench_seed, stream_key, index), disjoint from every "
                     "training.synthetic dataset's (seed, 0|1, index)"},
-        "settings": {"quick": bool(args.quick), "steps": steps, "cfg_text": args.cfg_text, "eta": args.eta,
+        "settings": {"quick": bool(args.quick), "steps": steps, "cfg_text": args.cfg_text,
+                     "cfg_camera": args.cfg_camera, "eta": args.eta,
                      "samples_per_path": args.samples, "gen_seed": args.gen_seed, "camera_metrics": camera,
                      "reconstruction_trials": trials, "sfm_size": args.sfm_size,
                      "metrics": "PSNR/SSIM: mean over frames 1..T-1, then over videos. RotErr (radians), TransErr, "
@@ -432,7 +435,7 @@ def run(args, log=print) -> dict:
         for c in clips:
             for s in range(args.samples):
                 seed = args.gen_seed + 1000 * c.index + s
-                video = _generate(model, c, steps, args.cfg_text, args.eta, seed, args.stride)
+                video = _generate(model, c, steps, args.cfg_text, args.eta, seed, args.stride, args.cfg_camera)
                 fakes.append(video)
                 records.append(evaluate_frames(video, c, trials, seed, args.sfm_size, camera,
                                                threads=args.threads))
@@ -527,6 +530,9 @@ def _parser() -> argparse.ArgumentParser:
                         "paper uses 5)")
     p.add_argument("--samples", type=int, default=1, help="generated clips per path, with different seeds (default 1)")
     p.add_argument("--cfg-text", type=float, default=7.5, help="text/image guidance scale (default 7.5, spec §7.6)")
+    p.add_argument("--cfg-camera", type=float, default=1.0,
+                   help="camera guidance scale of the camera models (default 1.0: off, as the paper's tables); the "
+                        "no-camera model has no camera branch and always runs at 1")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1.0, spec §7.6)")
     p.add_argument("--gen-seed", type=int, default=0,
                    help="base sampling seed; path i, sample s uses gen_seed + 1000 i + s (the same for every model)")

@@ -251,9 +251,16 @@ def initialise(model: CamI2VModel, init: str | None, parts: list[str]) -> None:
 class DiffusionObjective(nn.Module):
     """One training micro-step's loss as a module, so DDP/FSDP see the whole forward (spec §8)."""
 
-    def __init__(self, net: CamI2VModel, uncond_prob: float, rand_cond_frame: bool, cache_frozen: bool = False):
+    def __init__(self, net: CamI2VModel, uncond_prob: float, rand_cond_frame: bool, cache_frozen: bool = False,
+                 t_range: tuple[int, int] | None = None):
         super().__init__()
         self.net = net
+        # Timesteps are drawn uniformly from [lo, hi) (default: all of them, as training does); a narrower range
+        # scores one noise band (training.camera_sensitivity --t-bins).
+        lo, hi = t_range if t_range is not None else (0, net.num_timesteps)
+        if not 0 <= int(lo) < int(hi) <= net.num_timesteps:
+            raise ValueError(f"t_range must satisfy 0 <= lo < hi <= {net.num_timesteps}; got {t_range!r}")
+        self.t_range = (int(lo), int(hi))
         self.uncond_prob = float(uncond_prob)
         self.rand_cond_frame = bool(rand_cond_frame)
         # The VAE and text tower are frozen, so their outputs for a (clip, frame) or a caption never change:
@@ -327,7 +334,7 @@ class DiffusionObjective(nn.Module):
         fs_key = "frame_stride" if cfg.fps_condition_type == "fs" else "fps"
         fs = batch[fs_key].to(device).long()
 
-        t = torch.randint(0, net.num_timesteps, (b,), generator=generator).to(device)
+        t = torch.randint(*self.t_range, (b,), generator=generator).to(device)
         noise = torch.randn(z.shape, generator=generator).to(device)
         a = net.alphas_cumprod[t].float().view(b, 1, 1, 1, 1)
         x0 = z
