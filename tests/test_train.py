@@ -306,3 +306,29 @@ def test_bundled_model_is_small_fp16_and_self_describing():
     w2c = torch.eye(4).repeat(8, 1, 1)
     frames = generate(model, torch.rand(1, 48, 80, 3), w2c, steps=2, seed=0)
     assert frames.shape == (8, 64, 64, 3) and torch.isfinite(frames).all()
+
+
+CAMERA_KEYS = {"variant", "pose_encoder", "epipolar", "pose_dim", "rand_cond_frame"}
+
+
+@pytest.mark.parametrize("stage, variants", [
+    ("compare2", ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")),
+    ("compare3", ("cami2v", "cameractrl", "dynamicrafter"))])
+def test_variant_comparison_configs_differ_only_in_the_camera(stage, variants):
+    # The README's comparison table is fair only if every row had the same data, budget, optimiser and VAE.
+    from omegaconf import OmegaConf
+    cfgs = {v: OmegaConf.to_container(T.load_config(ROOT / "training" / "configs" / f"{stage}_{v}.yaml"))
+            for v in variants}
+
+    def shared(c, v):
+        c = dict(c, model=dict(c["model"]), train=dict(c["train"]))
+        c["model"]["overrides"] = {k: x for k, x in c["model"]["overrides"].items() if k not in CAMERA_KEYS}
+        c["model"]["init"] = c["model"]["init"].replace(f"_{v}/", "_VARIANT/")
+        c["train"]["output_dir"] = c["train"]["output_dir"].replace(f"_{v}", "_VARIANT")
+        return c
+
+    first = shared(cfgs[variants[0]], variants[0])
+    for v in variants:
+        assert shared(cfgs[v], v) == first, v
+        assert cfgs[v]["train"]["output_dir"] == f"runs/{stage}_{v}"
+        assert cfgs[v]["model"]["overrides"].get("variant", "cami2v") == v
