@@ -346,3 +346,21 @@ def test_quick_smoke_on_the_bundled_model(tmp_path, capsys):
     assert vae["models"] == [name] and 0 < vae["psnr"] < 100
     assert report["benchmark"]["paths"] == 1 and report["settings"]["steps"] == 2
     assert "| model | PSNR |" in printed.out
+
+
+def test_camera_guidance_reaches_camera_models_and_spares_the_no_camera_one():
+    from cami2v_core import build_model, load_model
+    from cami2v_core.bundled import bundled_model_path
+
+    if bundled_model_path() is None:
+        pytest.skip("no bundled model in this checkout")
+    cami2v = load_model(bundled_model_path()).eval()
+    clip, = evaluate.benchmark_clips(0, 1, ("orbit_left",), frames=8, height=64, width=64, supersample=1)
+    plain = evaluate._generate(cami2v, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=1.0)
+    guided = evaluate._generate(cami2v, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=4.0)
+    assert not np.array_equal(plain, guided)
+    nocam = build_model(cami2v.config.with_variant("dynamicrafter"))
+    nocam.load_state_dict(cami2v.state_dict(), strict=False)
+    nocam.eval()
+    assert np.array_equal(evaluate._generate(nocam, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=4.0),
+                          evaluate._generate(nocam, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=1.0))
