@@ -497,3 +497,44 @@ def test_module_entry_point_exits_non_zero_with_a_message(tmp_path):
                            "--seed", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--scenes must be a whole number >= 1" in done.stderr
+
+
+def test_epipolar_masks_of_loaded_clips_contain_the_true_correspondences(tmp_path):
+    # Ties the data conventions (pose files -> loader w2c and pixel K) to CamI2V's epipolar masks: a world point seen
+    # at cell a of frame 0 and cell b of frame j (pinhole projection written here) must be a pair the mask lets
+    # attend, while the mask still rules out most pairs (else it would constrain nothing).
+    import torch
+
+    from cami2v_core.camera import epipolar_structures, relative_c2w
+    from training.data import RealEstate10KDataset
+
+    generate(tmp_path, scenes=3, seed=5, split="test", frames=16, height=64, width=64, clips_per_scene=2,
+             supersample=1, log=None)
+    ds = RealEstate10KDataset(tmp_path, "test", video_length=8, resolution=(64, 64), frame_stride=(2, 2))
+    rng = np.random.default_rng(0)
+    inside = total = 0
+    densities = []
+    for i in range(len(ds)):
+        sample = ds[i]
+        w2c, K = sample["w2c"].double().numpy(), sample["K"].double().numpy()
+        masks, _ = epipolar_structures(relative_c2w(sample["w2c"][None], torch.tensor([0])), sample["K"][None],
+                                       64, 64, [8], generator=torch.Generator().manual_seed(0))
+        mask = masks[8][0].view(8, 64, 8, 64).numpy()
+        densities.append(np.mean([mask[0, :, j].mean() for j in range(1, 8)]))
+        c2w0 = np.linalg.inv(w2c[0])
+        for _ in range(40):
+            u, v, depth = rng.uniform(2, 62), rng.uniform(2, 62), rng.uniform(0.5, 6.0)
+            ray = np.linalg.inv(K[0]) @ np.array([u, v, 1.0])
+            point = c2w0[:3, :3] @ (ray * depth) + c2w0[:3, 3]
+            for j in range(1, 8):
+                x = w2c[j, :3, :3] @ point + w2c[j, :3, 3]
+                if x[2] <= 0:
+                    continue
+                uj, vj = (K[j, :2, :2] @ (x[:2] / x[2])) + K[j, :2, 2]
+                if not (0 <= uj < 64 and 0 <= vj < 64):
+                    continue
+                total += 1
+                inside += bool(mask[0, int(v // 8) * 8 + int(u // 8), j, int(vj // 8) * 8 + int(uj // 8)])
+    assert total > 500
+    assert inside / total > 0.95  # misses: lines that cross a cell far from its centre (spec §4.4 thresholds)
+    assert np.mean(densities) < 0.35
