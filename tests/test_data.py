@@ -137,7 +137,7 @@ def test_youtube_id_and_nearest_frames():
 
 def _write_video(path: Path, n: int, fps: int = 10) -> None:
     """A video whose frame k is a flat grey of value 10 * k (so a decoded frame names its index)."""
-    av = pytest.importorskip("av")
+    import av  # requirements-dev.txt: a missing package must fail here, not skip
     from fractions import Fraction
     with av.open(str(path), mode="w") as out:
         s = out.add_stream("libx264", rate=Fraction(fps))
