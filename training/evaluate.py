@@ -165,7 +165,7 @@ def _generate(model, clip: BenchmarkClip, steps: int, cfg_text: float, eta: floa
     trajectory = Trajectory(clip.w2c, clip.intrinsics, aspect=width / height)
     out = generate(model, image, trajectory, prompt=clip.caption, negative_prompt="", use_trajectory_intrinsics=True,
                    steps=steps, cfg_text=cfg_text, eta=eta, seed=seed, frame_stride=stride,
-                   cfg_camera=cfg_camera if model.config.variant != "dynamicrafter" else 1.0)
+                   cfg_camera=cfg_camera if model.config.camera is not None else 1.0)
     return np.clip(np.round(out.numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
