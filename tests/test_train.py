@@ -313,7 +313,8 @@ CAMERA_KEYS = {"variant", "pose_encoder", "epipolar", "pose_dim", "rand_cond_fra
 
 @pytest.mark.parametrize("stage, variants", [
     ("compare2", ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")),
-    ("compare3", ("cami2v", "dynamicrafter"))])
+    ("compare3", ("cami2v", "dynamicrafter")),
+    ("compare4", ("cami2v", "dynamicrafter"))])
 def test_variant_comparison_configs_differ_only_in_the_camera(stage, variants):
     # The README's comparison table is fair only if every row had the same data, budget, optimiser and VAE.
     from omegaconf import OmegaConf
@@ -323,7 +324,8 @@ def test_variant_comparison_configs_differ_only_in_the_camera(stage, variants):
     def shared(c, v):
         c = dict(c, model=dict(c["model"]), train=dict(c["train"]))
         c["model"]["overrides"] = {k: x for k, x in c["model"]["overrides"].items() if k not in CAMERA_KEYS}
-        c["model"]["init"] = c["model"]["init"].replace(f"_{v}/", "_VARIANT/")
+        if c["model"]["init"]:  # later stages start from the same stage's earlier run of this variant
+            c["model"]["init"] = c["model"]["init"].replace(f"_{v}/", "_VARIANT/")
         c["train"]["output_dir"] = c["train"]["output_dir"].replace(f"_{v}", "_VARIANT")
         return c
 
