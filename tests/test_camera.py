@@ -150,7 +150,8 @@ def test_unet_call_camera_condition_matches_original():
     height, width = 64, 64  # fixture C: 64x64 images, masks at d 8/16/32 (README §5)
     generator = torch.Generator().manual_seed(778)  # "perturbation drawn after seed 778"
     masks, pair_t = camera.epipolar_structures(rel, ref["K"], height, width, [32, 16, 8], generator=generator)
-    assert torch.equal(pair_t, ref["camera.pair_t_after_perturbation"])
+    # Float sums, so not bit-exact across CPUs (4.8e-7 on some); the masks below must still match exactly.
+    torch.testing.assert_close(pair_t, ref["camera.pair_t_after_perturbation"], atol=ATOL, rtol=0)
     for stride, mask in masks.items():
         _compare_masks(mask, ref, "camera.", stride, mask.shape[-1])
 
