@@ -102,8 +102,8 @@ def test_positional_encoding_table():
               if k.startswith(PREFIX) and k.endswith(".pe")}
     built = CameraPoseEncoder(**TINY).state_dict()
     assert len(golden) == 6  # 3 levels x 2 blocks
-    for key, table in golden.items():
-        assert torch.equal(built[key], table), key
+    for key, table in golden.items():  # float32 sin/cos differ in the last bit between CPUs (vector libm)
+        torch.testing.assert_close(built[key], table, rtol=0, atol=1e-6, msg=key)
     pe = built["encoder_down_attention_blocks.1.0.attention_blocks.0.pos_encoder.pe"][0].double()  # [16, 64]
     p = torch.arange(16, dtype=torch.float64)[:, None]
     w = 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64)
