@@ -15,6 +15,7 @@ from pathlib import Path
 from .checkpoint import (CONFIG_METADATA_KEY, CheckpointError, infer_config, load_shapes, parse_dtype,
                          summarize)
 from .configs import PRESETS, ConfigError, resolve_config
+from .errors import CamI2VError
 
 EXIT_USAGE = 2
 
@@ -132,16 +133,9 @@ def _generate(args) -> int:
     from . import pipeline
     from .bundled import bundled_model_path
     from .model import load_model
-    from .sampling import SamplingError
     from .video_io import VIDEO_SUFFIXES, MediaError, read_image, write_video
 
-    user_errors = (pipeline.PipelineError, SamplingError, MediaError)
-    try:
-        from trajectories import TrajectoryError
-
-        user_errors += (TrajectoryError,)
-    except ImportError:  # trajectories/ is not installed beside cami2v_core: none of its errors can occur
-        pass
+    user_errors = CamI2VError  # every error a user can act on, from the core and from trajectories/
     try:
         # Cheap checks first, so a typo never waits for a model to load.
         out = Path(args.out)
@@ -269,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, OSError) as e:
+    except (CamI2VError, OSError) as e:
         if os.environ.get("CAMI2V_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .configs import PRESETS, ConfigError, ModelConfig, VARIANTS
+from .errors import CamI2VError
 
 CONFIG_METADATA_KEY = "cami2v_config"  # safetensors header entry holding ModelConfig.to_json()
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -35,7 +36,7 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CamI2VError, ValueError):
     """A checkpoint that cannot be used; the message says what was found and what to do."""
 
 

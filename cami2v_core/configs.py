@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import CamI2VError
+
 VARIANTS = ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")
 PARAMETERIZATIONS = ("eps", "v")
 FPS_CONDITION_TYPES = ("fs", "fps")
@@ -38,7 +40,7 @@ _UNSUPPORTED_EPIPOLAR_FLAGS = ("is_3d_full_attn", "apply_epipolar_soft_mask", "e
                                "current_frame_as_register_token")
 
 
-class ConfigError(ValueError):
+class ConfigError(CamI2VError, ValueError):
     """A model configuration that cannot be built; the message says what was expected and what to change."""
 
 

@@ -28,6 +28,7 @@ from einops import rearrange, repeat
 
 from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
+from .errors import CamI2VError
 
 # The gradio demo's defaults (spec §6.5 step 5): its negative prompt, and the suffix it appends to every caption.
 DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, distorted body, missing limbs, unnatural "
@@ -43,7 +44,7 @@ LATENT_RGB_FACTORS = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.28
                       (-0.2120, -0.2616, -0.7177))
 
 
-class PipelineError(ValueError):
+class PipelineError(CamI2VError, ValueError):
     """Inputs the pipeline cannot use; the message says what was expected, what was found and what to do."""
 
 

@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import CamI2VError
+
 SPACINGS = ("uniform_trailing", "uniform", "quad")
 CAMERA_SCHEDULES = ("constant", "cosine")
 PREDICTIONS = ("eps", "v")
@@ -32,7 +34,7 @@ BRANCHES = ("cond", "uncond", "image", "nocam")
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, tuple], dict]
 
 
-class SamplingError(ValueError):
+class SamplingError(CamI2VError, ValueError):
     """Sampler settings that cannot work; the message says what was expected, what was found and what to do."""
 
 

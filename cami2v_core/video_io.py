@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import CamI2VError
+
 VIDEO_SUFFIXES = (".gif", ".webp", ".mp4")
 
 
-class MediaError(ValueError):
+class MediaError(CamI2VError, ValueError):
     """A picture that cannot be read or a video that cannot be written; the message says what to do."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .render import WORLD_UP, Scene, clearance, first_hits
+from cami2v_core.errors import CamI2VError
 
 FAMILIES = (
     "orbit_left", "orbit_right", "orbit_up", "orbit_down",
@@ -41,7 +42,7 @@ AMOUNT_RANGE = {
 _MAX_ABS_UP_COS = 0.9
 
 
-class CameraPathError(ValueError):
+class CameraPathError(CamI2VError, ValueError):
     """A path that cannot be built; the message says which input to change."""
 
 

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cami2v_core.errors import CamI2VError
+
 log = logging.getLogger("training.data")
 
 POSE_COLUMNS = 19  # timestamp fx fy cx cy k1 k2 + 3x4 w2c (spec §6.4)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-class ClipError(RuntimeError):
+class ClipError(CamI2VError, RuntimeError):
     """A clip that cannot be read (missing or broken video, bad pose lines); the dataset skips it."""
 
 

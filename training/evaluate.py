@@ -33,6 +33,7 @@ import numpy as np
 from .camera_paths import FAMILIES, CameraPathError, sample_intrinsics, sample_path
 from .render import render_views
 from .synthetic import GENERATOR_VERSION, scene_from_rng
+from cami2v_core.errors import CamI2VError
 
 __all__ = ["BENCHMARK_STREAM_KEY", "TRANSLATING_FAMILIES", "EvalError", "BenchmarkClip", "benchmark_scene",
            "benchmark_clips", "resolve_checkpoint", "evaluate_frames", "summarize", "run", "main"]
@@ -53,7 +54,7 @@ OUTLIER_STD = 10.0  # spec §10: trials more than 10 std from the pooled mean ar
 CAMERA_KEYS = ("rot_err", "trans_err", "cam_mc")
 
 
-class EvalError(ValueError):
+class EvalError(CamI2VError, ValueError):
     """Bad input (missing checkpoint, missing package, bad option); the message says what to do."""
 
 
@@ -575,7 +576,7 @@ def main(argv=None) -> int:
             if not parent.is_dir():
                 raise EvalError(f"--json {args.json}: folder {parent} does not exist")
         report = run(args, log)
-    except EvalError as e:
+    except CamI2VError as e:  # config, checkpoint, camera path, SfM: all in one line
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=1)

@@ -28,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cami2v_core.errors import CamI2VError
+
 __all__ = ["MetricsError", "relative_c2w", "normalize_translations", "camera_errors", "psnr", "ssim",
            "frechet_distance", "gaussian_stats", "load_i3d", "i3d_features", "fvd"]
 
 TRANSLATION_EPS = 1e-9
 
 
-class MetricsError(ValueError):
+class MetricsError(CamI2VError, ValueError):
     """A metric that cannot be computed as asked; the message says what to do."""
 
 

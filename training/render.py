@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cami2v_core.errors import CamI2VError
+
 SCENE_FORMAT_VERSION = 1
 PATTERNS = ("flat", "noise", "checker", "brick", "blobs", "stripes")
 SHAPES = ("box", "sphere", "cylinder")
@@ -43,7 +45,7 @@ _TABLE_LAYERS = 12
 _EPS = 1e-6
 
 
-class SceneError(ValueError):
+class SceneError(CamI2VError, ValueError):
     """A scene description or a camera that cannot be rendered; the message says what to fix."""
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cami2v_core.errors import CamI2VError
+
 __all__ = ["SfMError", "Recovery", "require_pycolmap", "recover_cameras"]
 
 
-class SfMError(RuntimeError):
+class SfMError(CamI2VError, RuntimeError):
     """pycolmap is missing or cannot run; the message says what to do."""
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from .camera_paths import FAMILIES, sample_intrinsics, sample_path
 from .render import DirectionalLight, Material, PointLight, Scene, Shape, load_scene, render_views, save_scene
+from cami2v_core.errors import CamI2VError
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "Settings", "SyntheticDataError", "make_scene", "make_clip",
            "pose_lines", "generate", "scene_for_clip", "scene_from_rng", "render_views", "main"]
@@ -51,7 +52,7 @@ _URL_PREFIX = "https://synthetic.invalid/cami2v"
 _VIDEO_FORMATS = ("png", "mp4")
 
 
-class SyntheticDataError(ValueError):
+class SyntheticDataError(CamI2VError, ValueError):
     """A request the generator cannot fulfil; the message says what to change."""
 
 

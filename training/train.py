@@ -50,6 +50,7 @@ from torch import nn
 from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, save_safetensors
 from cami2v_core.configs import ModelConfig, resolve_config
 from cami2v_core.model import CamI2VModel, build_model
+from cami2v_core.errors import CamI2VError
 
 log = logging.getLogger("training.train")
 
@@ -112,7 +113,7 @@ DEFAULTS = {
 }
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(CamI2VError, ValueError):
     """A training configuration that cannot run; the message says what to change."""
 
 
@@ -823,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg)
-    except TrainConfigError as e:
+    except CamI2VError as e:  # any error the user can act on (config, data, checkpoint), in one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from cami2v_core.errors import CamI2VError
 
-class TrajectoryError(ValueError):
+
+class TrajectoryError(CamI2VError, ValueError):
     """A camera path that cannot be used; the message names the frame and the field when there is one."""
 
     def __init__(self, message: str, frame: int | None = None, field: str | None = None):
