@@ -554,11 +554,6 @@ def _check_views(scene, w2c, intrinsics, height, width, supersample):
     return w2c, intrinsics
 
 
-def render_view(scene: Scene, w2c, intrinsics, height: int, width: int, supersample: int = 2) -> np.ndarray:
-    """One picture: w2c [4,4], normalised intrinsics [4] -> uint8 [H,W,3] (box-filtered over s x s sub-pixels)."""
-    return render_views(scene, np.asarray(w2c)[None], np.asarray(intrinsics)[None], height, width, supersample)[0]
-
-
 def render_views(scene: Scene, w2c, intrinsics, height: int, width: int, supersample: int = 2) -> np.ndarray:
     """Pictures of `scene` from cameras w2c [T,4,4] (OpenCV axes) with normalised intrinsics [T,4]
     -> uint8 [T,H,W,3]."""

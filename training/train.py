@@ -424,14 +424,6 @@ def export_state_dict(model: CamI2VModel, dtype: torch.dtype | None) -> dict[str
     return out
 
 
-def write_model_file(model: CamI2VModel, path: Path, dtype: torch.dtype | None = None,
-                     extra_metadata: dict | None = None) -> None:
-    """Save a loadable model file: released keys + `cami2v_config` in the header (atomic)."""
-    meta = {CONFIG_METADATA_KEY: model.config.to_json(), "format": "cami2v-training"}
-    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    save_safetensors(export_state_dict(model, dtype), path, metadata=meta)
-
-
 def find_checkpoint(output_dir: Path, resume) -> Path | None:
     """The checkpoint folder to resume from, or None (resume=none, or auto with nothing saved yet)."""
     if resume in (None, False, "none", "None", "", "false"):
