@@ -118,12 +118,9 @@ def _load_camera(spec: str, frames: int, ratio: float | None):
         # Presets are built for the model's frame count directly, with the demo's ratio slider (spec §6.5).
         kwargs = {} if ratio is None else {"ratio": ratio}
         return trajectories.preset(name, frames=frames, **kwargs)
-    trajectory = trajectories.load(spec)
-    if len(trajectory) != frames:
-        # The model makes a fixed number of frames: spread them evenly over the whole path.
-        print(f"note: the camera path has {len(trajectory)} poses; resampling it to the model's {frames} frames",
-              file=sys.stderr)
-        trajectory = trajectories.resample(trajectory, frames)
+    trajectory, note = trajectories.fit_frames(trajectories.load(spec), frames)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return trajectory
 
 

@@ -1,17 +1,19 @@
-"""Node registry: every node id is prefixed `CamI2V` and never renamed (retired nodes are deprecated instead)."""
+"""Node registry: the classes of every node, named by nodes/registry.py (ids prefixed `CamI2V`, never renamed)."""
 
 from . import comfy_bridge
 from .nodes_camera import CAMERA_NODES
 from .nodes_model import CamI2VModelLoader
 from .nodes_sample import CamI2VDecode, CamI2VSampler
+from .registry import DISPLAY_NAMES, name_errors
 
-NODES = {
-    "CamI2VModelLoader": (CamI2VModelLoader, "CamI2V Model Loader"),
-    "CamI2VSampler": (CamI2VSampler, "CamI2V Sampler"),
-    "CamI2VDecode": (CamI2VDecode, "CamI2V Decode"),
+NODE_CLASS_MAPPINGS = {
+    "CamI2VModelLoader": CamI2VModelLoader,
+    "CamI2VSampler": CamI2VSampler,
+    "CamI2VDecode": CamI2VDecode,
     **CAMERA_NODES,
 }
-NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}
+for _node_id, _cls in NODE_CLASS_MAPPINGS.items():
+    name_errors(_cls, _node_id)
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: DISPLAY_NAMES[node_id] for node_id in NODE_CLASS_MAPPINGS}
 
 comfy_bridge.register_model_folder()

@@ -176,9 +176,15 @@ def output_dir() -> Path:
 def unique_output_path(prefix: str, suffix: str) -> Path:
     """output/<prefix>_00001<suffix>, numbered past existing files; refuses prefixes that leave the output folder."""
     root = output_dir().resolve()
+    if not prefix.strip():
+        raise ValueError("filename_prefix is empty; give a name such as cami2v/camera")
+    if Path(prefix).is_absolute():
+        raise ValueError(f"filename_prefix {prefix!r} is an absolute path; give a name relative to the output "
+                         f"folder {root}, e.g. cami2v/camera")
     base = (root / prefix).resolve()
     if root != base and root not in base.parents:
-        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a relative name")
+        raise ValueError(f"filename_prefix {prefix!r} leads out of the output folder {root} (through '..' or a "
+                         f"link); give a name inside it, e.g. cami2v/camera")
     n = 1
     while (candidate := base.parent / f"{base.name}_{n:05d}{suffix}").exists():
         n += 1

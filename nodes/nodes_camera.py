@@ -47,7 +47,7 @@ def chained(move: tj.Trajectory, prev_poses) -> list[list[float]]:
     return to_poses(tj.concatenate(from_poses(prev_poses, "prev_poses"), move))
 
 
-def _move_node(title, description, required, build):
+def _move_node(node_id, description, required, build):
     """A node class for one builder: required widgets + frames + ease + optional prev_poses -> poses."""
 
     class Node:
@@ -63,17 +63,14 @@ def _move_node(title, description, required, build):
         DESCRIPTION = description
 
         def build(self, frames, ease, prev_poses=None, **widgets):
-            try:
-                return (chained(build(frames=frames, ease=ease, **widgets), prev_poses),)
-            except tj.TrajectoryError as e:
-                raise ValueError(f"{title}: {e}") from e
+            return (chained(build(frames=frames, ease=ease, **widgets), prev_poses),)
 
-    Node.__name__ = Node.__qualname__ = title.replace(" ", "")
+    Node.__name__ = Node.__qualname__ = node_id
     return Node
 
 
 CamI2VCameraOrbit = _move_node(
-    "CamI2V Camera Orbit", "Circle around a point ahead of the camera, always facing it.",
+    "CamI2VCameraOrbit", "Circle around a point ahead of the camera, always facing it.",
     {"direction": (list(tj.builders.ORBIT_DIRECTIONS), {"default": "left", "tooltip": "Which way the camera moves "
                    "around the point."}),
      "degrees": ("FLOAT", {"default": 30.0, "min": -360.0, "max": 360.0, "step": 1.0, "tooltip": "Orbit angle."}),
@@ -82,14 +79,14 @@ CamI2VCameraOrbit = _move_node(
     lambda direction, degrees, distance, frames, ease: tj.orbit(direction, degrees, distance, frames, ease))
 
 CamI2VCameraPan = _move_node(
-    "CamI2V Camera Pan", "Slide the camera sideways or vertically without turning.",
+    "CamI2VCameraPan", "Slide the camera sideways or vertically without turning.",
     {"direction": (list(tj.builders.PAN_DIRECTIONS), {"default": "right", "tooltip": "Direction of the slide."}),
      "distance": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.05, "tooltip": "How far the "
                   "camera moves (scene units)."})},
     lambda direction, distance, frames, ease: tj.pan(direction, distance, frames, ease))
 
 CamI2VCameraZoom = _move_node(
-    "CamI2V Camera Zoom", "Move along the view direction (dolly, what the demo calls zoom) or change the focal "
+    "CamI2VCameraZoom", "Move along the view direction (dolly, what the demo calls zoom) or change the focal "
     "length (focal; reaches the model only with the sampler's use_camera_intrinsics).",
     {"mode": (["dolly in", "dolly out", "focal"], {"default": "dolly in", "tooltip": "dolly = move the camera; "
               "focal = change the lens."}),
@@ -99,7 +96,7 @@ CamI2VCameraZoom = _move_node(
                                         else tj.zoom(mode.split()[1], amount, frames, ease)))
 
 CamI2VCameraLook = _move_node(
-    "CamI2V Camera Look", "Turn the camera in place: yaw, pitch and roll.",
+    "CamI2VCameraLook", "Turn the camera in place: yaw, pitch and roll.",
     {"yaw_deg": ("FLOAT", {"default": 20.0, "min": -180.0, "max": 180.0, "step": 1.0, "tooltip": "Turn right (+) "
                  "or left (-)."}),
      "pitch_deg": ("FLOAT", {"default": 0.0, "min": -90.0, "max": 90.0, "step": 1.0, "tooltip": "Tilt up (+) or "
@@ -137,10 +134,7 @@ class CamI2VCameraPreset:
     DESCRIPTION = "One of the original demo's 16 camera motions (zoom, pan, look, orbit, rotate, stationary)."
 
     def build(self, preset, frames, ratio, scale, prev_poses=None):
-        try:
-            return (chained(tj.preset(preset, frames, ratio, scale), prev_poses),)
-        except tj.TrajectoryError as e:
-            raise ValueError(f"CamI2V Camera Preset: {e}") from e
+        return (chained(tj.preset(preset, frames, ratio, scale), prev_poses),)
 
 
 class CamI2VCameraCombine:
@@ -164,10 +158,7 @@ class CamI2VCameraCombine:
 
     def combine(self, poses_a, poses_b, mode):
         a, b = from_poses(poses_a, "poses_a"), from_poses(poses_b, "poses_b")
-        try:
-            return (to_poses(tj.concatenate(a, b) if mode == "concatenate" else tj.add(a, b)),)
-        except tj.TrajectoryError as e:
-            raise ValueError(f"CamI2V Camera Combine: {e}") from e
+        return (to_poses(tj.concatenate(a, b) if mode == "concatenate" else tj.add(a, b)),)
 
 
 class CamI2VCameraRetime:
@@ -195,17 +186,14 @@ class CamI2VCameraRetime:
 
     def retime(self, poses, frames, method, ease, reverse, loop):
         path = from_poses(poses, "poses")
-        try:
-            if reverse:
-                path = tj.reverse(path)
-            if loop:
-                path = tj.loop(path)
-            if ease != "keep":
-                path = tj.ease(path, ease)
-            path = (tj.demo_resample(path, frames, 1.0) if method == "demo_lerp" else tj.resample(path, frames))
-            return (to_poses(path),)
-        except tj.TrajectoryError as e:
-            raise ValueError(f"CamI2V Camera Retime: {e}") from e
+        if reverse:
+            path = tj.reverse(path)
+        if loop:
+            path = tj.loop(path)
+        if ease != "keep":
+            path = tj.ease(path, ease)
+        path = (tj.demo_resample(path, frames, 1.0) if method == "demo_lerp" else tj.resample(path, frames))
+        return (to_poses(path),)
 
 
 class CamI2VCameraFromText:
@@ -225,11 +213,8 @@ class CamI2VCameraFromText:
 
     def parse(self, text):
         if not text.strip():
-            raise ValueError("CamI2V Camera From Text: the text is empty; paste pose JSON or RealEstate10K lines")
-        try:
-            return (to_poses(tj.formats.parse_text(text)),)
-        except tj.TrajectoryError as e:
-            raise ValueError(f"CamI2V Camera From Text: {e}") from e
+            raise ValueError("the text is empty; paste pose JSON or RealEstate10K lines")
+        return (to_poses(tj.formats.parse_text(text)),)
 
 
 class CamI2VCameraLoadFile:
@@ -255,12 +240,9 @@ class CamI2VCameraLoadFile:
     def load(self, path):
         full = resolve_input_path(path)
         if full is None or not full.is_file():
-            raise ValueError(f"CamI2V Camera Load File: no file at {path!r} (looked in the input folder and the "
+            raise ValueError(f"no file at {path!r} (looked in the input folder and the "
                              f"current folder); check the path")
-        try:
-            return (to_poses(tj.load(full)),)
-        except tj.TrajectoryError as e:
-            raise ValueError(f"CamI2V Camera Load File: {e}") from e
+        return (to_poses(tj.load(full)),)
 
 
 def resolve_input_path(path: str) -> Path | None:
@@ -350,15 +332,15 @@ EXAMPLE_JSON = json.dumps({"frames": [
 ]}, indent=1)
 
 CAMERA_NODES = {
-    "CamI2VCameraPreset": (CamI2VCameraPreset, "CamI2V Camera Preset"),
-    "CamI2VCameraOrbit": (CamI2VCameraOrbit, "CamI2V Camera Orbit"),
-    "CamI2VCameraPan": (CamI2VCameraPan, "CamI2V Camera Pan"),
-    "CamI2VCameraZoom": (CamI2VCameraZoom, "CamI2V Camera Zoom"),
-    "CamI2VCameraLook": (CamI2VCameraLook, "CamI2V Camera Look / Roll"),
-    "CamI2VCameraCombine": (CamI2VCameraCombine, "CamI2V Camera Combine"),
-    "CamI2VCameraRetime": (CamI2VCameraRetime, "CamI2V Camera Resample / Retime"),
-    "CamI2VCameraFromText": (CamI2VCameraFromText, "CamI2V Camera From Text (JSON / RealEstate10K)"),
-    "CamI2VCameraLoadFile": (CamI2VCameraLoadFile, "CamI2V Camera Load File"),
-    "CamI2VCameraExport": (CamI2VCameraExport, "CamI2V Camera Export JSON"),
-    "CamI2VCameraPreview": (CamI2VCameraPreview, "CamI2V Camera Preview"),
+    "CamI2VCameraPreset": CamI2VCameraPreset,
+    "CamI2VCameraOrbit": CamI2VCameraOrbit,
+    "CamI2VCameraPan": CamI2VCameraPan,
+    "CamI2VCameraZoom": CamI2VCameraZoom,
+    "CamI2VCameraLook": CamI2VCameraLook,
+    "CamI2VCameraCombine": CamI2VCameraCombine,
+    "CamI2VCameraRetime": CamI2VCameraRetime,
+    "CamI2VCameraFromText": CamI2VCameraFromText,
+    "CamI2VCameraLoadFile": CamI2VCameraLoadFile,
+    "CamI2VCameraExport": CamI2VCameraExport,
+    "CamI2VCameraPreview": CamI2VCameraPreview,
 }

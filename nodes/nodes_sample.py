@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 import torch
@@ -10,25 +11,30 @@ import torch
 from cami2v_core import pipeline
 from cami2v_core.modules import attention
 from cami2v_core.sampling import StepInfo
-from trajectories import Trajectory, TrajectoryError
+from trajectories import Trajectory, TrajectoryError, fit_frames
 
 from . import comfy_bridge
+from .registry import DISPLAY_NAMES, node_name
 
 CAMERA_TYPE = "CAMERACTRL_POSES"
 CAMERA_SCHEDULES = ("constant", "cosine")
+log = logging.getLogger("CamI2V")
 SOURCE_FPS = 30.0  # RealEstate10K clips are ~30 fps; frame stride s plays back at 30/s fps (spec §8)
 
 
-def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """CAMERACTRL_POSES -> (w2c [T,4,4], normalised intrinsics [T,4]) for a model of `frames` frames."""
+def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """CAMERACTRL_POSES -> (w2c [T,4,4], normalised intrinsics [T,4], note) for a model of `frames` frames.
+
+    A path of another length is resampled over its whole length, as the command line does; `note` says so (None
+    when the path fitted as it was)."""
     try:
-        traj = Trajectory.from_cameractrl_poses(camera)
+        traj, note = fit_frames(Trajectory.from_cameractrl_poses(camera), frames)
     except TrajectoryError as e:
         raise ValueError(f"the camera input is not a valid CAMERACTRL_POSES list: {e}") from e
-    if len(traj.w2c) != frames:
-        raise ValueError(f"the camera path has {len(traj.w2c)} frames but this model makes {frames}; add a "
-                         f"'CamI2V Resample Camera' node set to {frames} frames between the camera and the sampler")
-    return np.asarray(traj.w2c), np.asarray(traj.intrinsics)
+    if note:
+        note += (f" (to choose how it is spread instead, put a {node_name('CamI2VCameraRetime')} node set to "
+                 f"{frames} frames before the sampler)")
+    return np.asarray(traj.w2c), np.asarray(traj.intrinsics), note
 
 
 def single_image(image: torch.Tensor) -> torch.Tensor:
@@ -37,7 +43,7 @@ def single_image(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected an IMAGE [B,H,W,3]; got shape {tuple(image.shape)}")
     if image.shape[0] != 1:
         raise ValueError(f"the sampler animates one picture but got a batch of {image.shape[0]}; pick one with an "
-                         f"'ImageFromBatch' node (batch_index, length 1)")
+                         f"'ImageFromBatch' node (ComfyUI's; batch_index, length 1)")
     return image[0, ..., :3]
 
 
@@ -62,7 +68,7 @@ class CamI2VSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("CAMI2V_MODEL", {"tooltip": "From 'CamI2V Model Loader'."}),
+                "model": ("CAMI2V_MODEL", {"tooltip": f"From {node_name('CamI2VModelLoader')}."}),
                 "image": ("IMAGE", {"tooltip": "The still picture to animate (one image; any size, it is resized "
                           "to cover the model resolution and centre-cropped)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the scene shows."}),
@@ -104,13 +110,14 @@ class CamI2VSampler:
             },
         }
 
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("Video latent in ComfyUI's SD layout (frames on the batch axis, scaled by 0.18215).",)
+    RETURN_TYPES = ("LATENT", "STRING")
+    RETURN_NAMES = ("latent", "report")
+    OUTPUT_TOOLTIPS = ("Video latent in ComfyUI's SD layout (frames on the batch axis, scaled by 0.18215).",
+                       "What the sampler adapted to fit the model (e.g. a camera path resampled to its frames).")
     FUNCTION = "sample"
     CATEGORY = "CamI2V"
     DESCRIPTION = ("Runs CamI2V's DDIM sampler with separate text, image and camera guidance. Decode the result "
-                   "with 'CamI2V Decode' (or ComfyUI's VAE Decode with a KL-f8 VAE).")
+                   f"with {node_name('CamI2VDecode')} (or ComfyUI's VAE Decode with a KL-f8 VAE).")
 
     def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
                camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,
@@ -120,7 +127,7 @@ class CamI2VSampler:
         has_camera_input = net.config.camera is not None
         if camera is None and has_camera_input:
             raise ValueError(f"this {net.config.variant} model follows a camera path: connect a camera node "
-                             f"(e.g. 'CamI2V Camera Preset') to the sampler's camera input")
+                             f"(e.g. {node_name('CamI2VCameraPreset')}) to the sampler's camera input")
         if camera is not None and not has_camera_input:
             raise ValueError(f"this checkpoint is {net.config.variant}, which has no camera input, so the camera "
                              f"path would be ignored; load a CamI2V, CameraCtrl or MotionCtrl checkpoint, or "
@@ -129,10 +136,14 @@ class CamI2VSampler:
             raise ValueError(f"cond_frame must be between 0 and {frames - 1} for this {frames}-frame model; got "
                              f"{cond_frame}")
         picture = single_image(image)
+        notes = []
         if camera is not None:
-            w2c, intrinsics = camera_arrays(camera, frames)
+            w2c, intrinsics, note = camera_arrays(camera, frames)
+            notes += [note] if note else []
         else:
             w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+        for note in notes:
+            log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], note)
         device = comfy_bridge.torch_device()
         comfy_bridge.free_memory_for_sampling()
         progress = comfy_bridge.Progress(steps)
@@ -151,7 +162,8 @@ class CamI2VSampler:
         out = pipeline.to_comfy_latent(latent.float().cpu())
         out["cami2v_frames"] = frames
         out["cami2v_fps"] = max(1.0, round(SOURCE_FPS / frame_stride, 2))
-        return (out,)
+        report = "\n".join(notes) if notes else f"{frames} frames; the camera path fitted as it was"
+        return {"ui": {"text": [report]}, "result": (out, report)}
 
 
 def preview_image(info: StepInfo):
@@ -170,7 +182,7 @@ class CamI2VDecode:
         return {
             "required": {
                 "model": ("CAMI2V_MODEL", {"tooltip": "The model that sampled the latent (its VAE decodes)."}),
-                "latent": ("LATENT", {"tooltip": "From 'CamI2V Sampler'."}),
+                "latent": ("LATENT", {"tooltip": f"From {node_name('CamI2VSampler')}."}),
                 "frames_per_chunk": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at "
                                      "once; lower it if decoding runs out of memory (the result is the same)."}),
             },
@@ -186,7 +198,7 @@ class CamI2VDecode:
 
     def decode(self, model, latent, frames_per_chunk):
         if not isinstance(latent, dict) or "samples" not in latent:
-            raise ValueError("expected a LATENT from 'CamI2V Sampler'")
+            raise ValueError(f"expected a LATENT from {node_name('CamI2VSampler')}")
         samples = latent["samples"]
         with placed(model, comfy_bridge.torch_device()) as net:
             frames = pipeline.decode_latent(net, samples.to(net.device, net.dtype), frames_per_chunk,

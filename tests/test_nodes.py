@@ -102,9 +102,17 @@ def test_loader_rejects_a_non_cami2v_checkpoint(models_dir):
 
 
 def sample(handle, camera, **changes):
+    return sample_with_report(handle, camera, **changes)[0]
+
+
+def sample_with_report(handle, camera, **changes):
+    """(latent, report) of the sampler node, checking the report also reaches the node's UI text."""
     kwargs = widgets_defaults("CamI2VSampler")
     kwargs.update(steps=STEPS, prompt="a cat", seed=7, **changes)
-    return NODES["CamI2VSampler"]().sample(handle, picture(), camera=camera, **kwargs)[0]
+    out = NODES["CamI2VSampler"]().sample(handle, picture(), camera=camera, **kwargs)
+    latent, report = out["result"]
+    assert out["ui"]["text"] == [report]
+    return latent, report
 
 
 def test_sampler_and_decoder_make_frames_that_follow_the_seed(cami2v):
@@ -120,10 +128,50 @@ def test_sampler_and_decoder_make_frames_that_follow_the_seed(cami2v):
     assert fps == pytest.approx(15.0)  # frame stride 2 -> 30/2
 
 
-def test_sampler_explains_wrong_frame_count(cami2v):
-    camera = NODES["CamI2VCameraPreset"]().build("orbit left", 16, 0.6, 1.0)[0]
-    with pytest.raises(ValueError, match="Resample"):
-        sample(cami2v, camera)
+def test_sampler_resamples_a_camera_path_of_another_length_and_says_so(cami2v, caplog):
+    long_path = NODES["CamI2VCameraPreset"]().build("orbit left", 16, 0.6, 1.0)[0]
+    with caplog.at_level("WARNING", logger="CamI2V"):
+        latent, report = sample_with_report(cami2v, long_path)
+    assert latent["samples"].shape == (8, 4, 8, 8)
+    assert "16 poses" in report and "8 frames" in report and "resampled" in report
+    assert "'CamI2V Camera Resample / Retime'" in report  # the real node's name, from the registry
+    assert any("resampled" in r.getMessage() for r in caplog.records)
+    # the same as resampling it first with the retime node: the sampler used exactly that path
+    fitted = NODES["CamI2VCameraRetime"]().retime(long_path, 8, "slerp", "keep", False, False)[0]
+    expected, fitted_report = sample_with_report(cami2v, fitted)
+    torch.testing.assert_close(latent["samples"], expected["samples"], rtol=0, atol=0)
+    assert "resampled" not in fitted_report
+
+
+def test_messages_name_only_nodes_that_exist():
+    """Every quoted 'CamI2V ...' name in the pack's source is a registered display name."""
+    import re
+    from pathlib import Path
+
+    from nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    known = set(NODE_DISPLAY_NAME_MAPPINGS.values())
+    root = Path(__file__).resolve().parents[1]
+    quoted = set()
+    for folder in ("nodes", "cami2v_core", "trajectories"):
+        for f in (root / folder).rglob("*.py"):
+            quoted |= set(re.findall(r"'(CamI2V [^']+)'", f.read_text()))
+    assert quoted <= known, f"messages name nodes that do not exist: {sorted(quoted - known)}"
+
+
+@pytest.mark.parametrize("node_id, call", [
+    ("CamI2VModelLoader", lambda n: n.load("no_such_file.safetensors", "fp32", "sdpa", True)),
+    ("CamI2VDecode", lambda n: n.decode(None, {"no": "samples"}, 2)),
+    ("CamI2VCameraExport", lambda n: n.export([[0.0] * 19], "../escape")),
+    ("CamI2VCameraRetime", lambda n: n.retime("not poses", 8, "slerp", "keep", False, False)),
+    ("CamI2VCameraOrbit", lambda n: n.build(frames=8, ease="linear", direction="up", degrees=20.0, distance=-2.0)),
+])
+def test_node_errors_start_with_the_display_name(node_id, call):
+    from nodes import NODE_DISPLAY_NAME_MAPPINGS
+
+    with pytest.raises(ValueError) as err:
+        call(NODES[node_id]())
+    assert str(err.value).startswith(NODE_DISPLAY_NAME_MAPPINGS[node_id] + ": "), str(err.value)
 
 
 def test_sampler_refuses_image_batches_and_missing_camera(cami2v):
@@ -204,8 +252,10 @@ def test_combine_retime_text_file_export_preview_round_trip(tmp_path):
                                atol=1e-6)
     with pytest.raises(ValueError, match="no file"):
         NODES["CamI2VCameraLoadFile"]().load("does/not/exist.json")
-    with pytest.raises(ValueError, match="outside the output folder"):
+    with pytest.raises(ValueError, match="leads out of the output folder"):
         NODES["CamI2VCameraExport"]().export(fitted, "../../escape")
+    with pytest.raises(ValueError, match="is an absolute path"):
+        NODES["CamI2VCameraExport"]().export(fitted, str(tmp_path / "abs"))
 
     picture_out, frames = NODES["CamI2VCameraPreview"]().preview(fitted, picture(), 2.0)
     assert picture_out.ndim == 4 and picture_out.shape[-1] == 3

@@ -13,8 +13,8 @@ normalised intrinsics [T,4] (fx, fy, cx, cy) and the pose image aspect. User gui
 
 from .builders import (EASINGS, bezier, camera, dolly, focal_zoom, look, orbit, pan, progress, roll, stationary,
                        tilt, zoom)
-from .combinators import (add, concatenate, demo_resample, ease, interpolate, loop, resample, reverse, scale,
-                          speed)
+from .combinators import (add, concatenate, demo_resample, ease, fit_frames, interpolate, loop, resample, reverse,
+                          scale, speed)
 from .errors import TrajectoryError, TrajectoryWarning
 from .formats import (from_cameractrl_poses, from_json, from_realestate10k, load, read_text, to_cameractrl_poses,
                       to_json, to_realestate10k)
@@ -27,7 +27,8 @@ __all__ = [
     "RIGID_REPAIR_TOL",
     "orbit", "pan", "zoom", "dolly", "focal_zoom", "look", "tilt", "roll", "stationary", "camera", "progress",
     "EASINGS", "bezier",
-    "concatenate", "add", "reverse", "loop", "ease", "speed", "resample", "demo_resample", "interpolate", "scale",
+    "concatenate", "add", "reverse", "loop", "ease", "speed", "resample", "fit_frames", "demo_resample", "interpolate",
+    "scale",
     "PRESETS", "Preset", "preset", "preset_path", "find_preset",
     "load", "read_text", "from_json", "to_json", "from_realestate10k", "to_realestate10k", "from_cameractrl_poses",
     "to_cameractrl_poses",

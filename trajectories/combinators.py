@@ -62,6 +62,17 @@ def resample(trajectory: Trajectory, frames: int, method: str = "slerp") -> Traj
     return interpolate(trajectory, positions, method)
 
 
+def fit_frames(trajectory: Trajectory, frames: int) -> tuple[Trajectory, str | None]:
+    """The path with exactly `frames` poses: unchanged, or resampled over its whole length (`resample`), with a
+    one-line note saying what was done (None when nothing was) -> (trajectory, note)."""
+    frames = frame_count(frames)
+    if len(trajectory) == frames:
+        return trajectory, None
+    note = (f"the camera path has {len(trajectory)} poses and the model makes {frames} frames: resampled the whole "
+            f"path to {frames} evenly spaced poses")
+    return resample(trajectory, frames), note
+
+
 def demo_resample(trajectory: Trajectory, frames: int = 16, ratio: float = 1.0) -> Trajectory:
     """The demo's "ratio" (trace_extract_ratio, spec §6.5 step 3): round(frames / ratio) element-wise lerped
     samples over the whole path, of which the first `frames` are kept -> [frames] poses."""
