@@ -10,25 +10,33 @@ import pytest
 import torch
 
 from cami2v_core.modules.camera_encoder import CameraPoseEncoder
-from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
+from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_json, load_tensors, require
 
 PREFIX = "pose_encoder."
 FP32 = "unet_forward/cami2v_unet_fp32.safetensors"
 FP64 = "unet_forward/cami2v_unet_fp64.safetensors"
-TRAJECTORIES = ("orbit_left", "general6dof")  # the batch of fixture C, in order (golden README §5)
-# pose_encoder_config.params of golden/configs/cami2v_tiny.yaml
-TINY = dict(downscale_factor=8, channels=[32, 64, 64], nums_rb=2, cin=384, ksize=1, sk=True, use_conv=False,
+TRAJECTORIES = "camera/trajectories.json"
+# The released pose encoder, `pose_encoder_config.params` of configs/inference/003_cami2v_256x256.yaml (spec §4.1).
+FULL = dict(downscale_factor=8, channels=[320, 640, 1280, 1280], nums_rb=2, cin=384, ksize=1, sk=True, use_conv=False,
             compression_factor=1, temporal_attention_nhead=8, attention_block_types=["Temporal_Self"],
             temporal_position_encoding=True, temporal_position_encoding_max_len=16)
-FULL = dict(TINY, channels=[320, 640, 1280, 1280])  # spec §4.1
 ATOL_FP32 = 5e-5  # observed max 9e-6 on features of magnitude ~4
 ATOL_FP64 = 1e-12  # observed ~2e-15
 
 
 @pytest.fixture(scope="module")
-def encoder():
+def tiny() -> dict:
+    """The fixture's pose-encoder params, read from its own config (golden/configs/cami2v_tiny.yaml)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
+    return OmegaConf.to_container(config.model.params.pose_encoder_config.params, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny):
     sd = {k[len(PREFIX):]: v for k, v in golden_state_dict("cami2v").items() if k.startswith(PREFIX)}
-    model = CameraPoseEncoder(**TINY).eval()
+    model = CameraPoseEncoder(**tiny).eval()
     model.load_state_dict(sd, strict=True)
     return model
 
@@ -38,9 +46,20 @@ def fixture_c():
     return load_tensors(FP32)
 
 
-def _golden_plucker() -> torch.Tensor:
-    """The fp32 Plücker of fixture C's two samples, [2, 6, 8, 64, 64] (bit-identical to fixture C's, README §5)."""
-    return torch.cat([load_tensors(f"camera/{name}.safetensors")["plucker"] for name in TRAJECTORIES])
+def _trajectories_of(fixture: dict) -> list[str]:
+    """The camera/ fixture of each sample of a UNet-call fixture, found by its w2c (the batch is built from them)."""
+    names = []
+    for w2c in fixture["w2c"]:
+        found = [n for n in load_json(TRAJECTORIES) if not n.startswith("_")
+                 and torch.equal(load_tensors(f"camera/{n}.safetensors")["w2c"].reshape(w2c.shape), w2c)]
+        assert found, "a sample of the UNet-call fixture matches no camera/ trajectory"
+        names.append(found[0])
+    return names
+
+
+def _golden_plucker(fixture: dict) -> torch.Tensor:
+    """The fp32 Plücker of the fixture's samples [B, 6, T, H, W], from their camera/ fixtures (bit-identical)."""
+    return torch.cat([load_tensors(f"camera/{name}.safetensors")["plucker"] for name in _trajectories_of(fixture)])
 
 
 def _plucker_float64(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -61,8 +80,8 @@ def _plucker_float64(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width:
 
 @torch.no_grad()
 def test_pose_features_match_golden_fp32(encoder, fixture_c):
-    features = encoder(_golden_plucker())
-    assert len(features) == 3
+    features = encoder(_golden_plucker(fixture_c))
+    assert len(features) == len([k for k in fixture_c if k.startswith("camera.pose_features.")])
     for level, feature in enumerate(features):
         expected = fixture_c[f"camera.pose_features.{level}"]
         assert feature.shape == expected.shape
@@ -70,19 +89,20 @@ def test_pose_features_match_golden_fp32(encoder, fixture_c):
 
 
 @torch.no_grad()
-def test_pose_features_match_golden_fp64(encoder, fixture_c):
+def test_pose_features_match_golden_fp64(encoder, fixture_c, tiny):
     # README §6: the fp64 reference recomputed the relative poses and the Plücker in float64 from the float32 w2c
     # and K; so do we, independently of cami2v_core.camera.
     golden64 = load_tensors(FP64)
     c2w = torch.linalg.inv(fixture_c["w2c"].double())
-    ref = c2w[torch.arange(2), fixture_c["cond_frame_index"]]  # [B, 4, 4]
+    ref = c2w[torch.arange(len(c2w)), fixture_c["cond_frame_index"]]  # [B, 4, 4]
     rel_c2w = torch.linalg.inv(ref)[:, None] @ c2w  # spec §6.3, trace scale 1
     torch.testing.assert_close(rel_c2w, golden64["camera.relative_c2w"], rtol=0, atol=1e-12)
-    plucker = _plucker_float64(rel_c2w, fixture_c["K"].double(), 64, 64)
+    golden = _golden_plucker(fixture_c)
+    plucker = _plucker_float64(rel_c2w, fixture_c["K"].double(), *golden.shape[-2:])
     # sanity: this float64 Plücker is the golden float32 one up to float32 round-off
-    torch.testing.assert_close(plucker, _golden_plucker().double(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plucker, golden.double(), rtol=0, atol=1e-5)
 
-    model = CameraPoseEncoder(**TINY).eval()
+    model = CameraPoseEncoder(**tiny).eval()
     model.load_state_dict(encoder.state_dict())
     features = model.double()(plucker)
     for level, feature in enumerate(features):
@@ -91,24 +111,28 @@ def test_pose_features_match_golden_fp64(encoder, fixture_c):
 
 @torch.no_grad()
 def test_samples_are_independent(encoder, fixture_c):
-    single = encoder(load_tensors("camera/general6dof.safetensors")["plucker"])
+    last = _trajectories_of(fixture_c)[-1]
+    single = encoder(load_tensors(f"camera/{last}.safetensors")["plucker"])
     for level, feature in enumerate(single):
-        torch.testing.assert_close(feature, fixture_c[f"camera.pose_features.{level}"][1:2], rtol=0, atol=ATOL_FP32)
+        torch.testing.assert_close(feature, fixture_c[f"camera.pose_features.{level}"][-1:], rtol=0, atol=ATOL_FP32)
 
 
-def test_positional_encoding_table():
+def test_positional_encoding_table(tiny):
     # built at construction (not only loaded): identical to the checkpoint's table and to the formula of spec §4.1
     golden = {k[len(PREFIX):]: v for k, v in golden_state_dict("cami2v").items()
               if k.startswith(PREFIX) and k.endswith(".pe")}
-    built = CameraPoseEncoder(**TINY).state_dict()
-    assert len(golden) == 6  # 3 levels x 2 blocks
+    built = CameraPoseEncoder(**tiny).state_dict()
+    assert len(golden) == len(tiny["channels"]) * tiny["nums_rb"]  # one table per block of every level
     for key, table in golden.items():  # float32 sin/cos differ in the last bit between CPUs (vector libm)
         torch.testing.assert_close(built[key], table, rtol=0, atol=1e-6, msg=key)
-    pe = built["encoder_down_attention_blocks.1.0.attention_blocks.0.pos_encoder.pe"][0].double()  # [16, 64]
-    p = torch.arange(16, dtype=torch.float64)[:, None]
-    w = 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64)
-    torch.testing.assert_close(pe[:, 0::2], torch.sin(p * w), rtol=0, atol=2e-6)
-    torch.testing.assert_close(pe[:, 1::2], torch.cos(p * w), rtol=0, atol=2e-6)
+    for key in golden:
+        pe = built[key][0].double()  # [max_len, C]
+        length, width = pe.shape
+        assert length == tiny["temporal_position_encoding_max_len"]
+        p = torch.arange(length, dtype=torch.float64)[:, None]
+        w = 10000.0 ** (-torch.arange(0, width, 2, dtype=torch.float64) / width)
+        torch.testing.assert_close(pe[:, 0::2], torch.sin(p * w), rtol=0, atol=2e-6)
+        torch.testing.assert_close(pe[:, 1::2], torch.cos(p * w), rtol=0, atol=2e-6)
 
 
 def test_state_dict_matches_golden_keys_and_shapes(encoder):
@@ -160,28 +184,26 @@ def test_original_options_change_the_keys_like_the_original():
     assert [tuple(f.shape) for f in features] == [(1, 16, 3, 4, 4), (1, 16, 3, 2, 2)]
 
 
-def test_errors_say_what_was_expected(encoder):
+def test_errors_say_what_was_expected(encoder, tiny):
     with pytest.raises(ValueError, match=r"\[B, 6, T, H, W\].*\(2, 6, 64, 64\)"):
         encoder(torch.zeros(2, 6, 64, 64))
-    with pytest.raises(ValueError, match="multiples of downscale_factor=8"):
-        encoder(torch.zeros(1, 6, 4, 60, 64))
-    with pytest.raises(ValueError, match="covers 16 frames.*got 17"):
-        encoder(torch.zeros(1, 6, 17, 8, 8))
+    factor, frames = tiny["downscale_factor"], tiny["temporal_position_encoding_max_len"]
+    with pytest.raises(ValueError, match=f"multiples of downscale_factor={factor}"):
+        encoder(torch.zeros(1, 6, 4, 8 * factor - 1, 8 * factor))
+    with pytest.raises(ValueError, match=f"covers {frames} frames.*got {frames + 1}"):
+        encoder(torch.zeros(1, 6, frames + 1, factor, factor))
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_rb'"):
-        CameraPoseEncoder(**TINY, num_rb=2)
+        CameraPoseEncoder(**tiny, num_rb=2)
     with pytest.raises(ValueError, match="attention_block_types"):
-        CameraPoseEncoder(**{**TINY, "attention_block_types": ["Temporal_Cross"]})
+        CameraPoseEncoder(**{**tiny, "attention_block_types": ["Temporal_Cross"]})
     with pytest.raises(ValueError, match="sk=False with a channel change"):
-        CameraPoseEncoder(**{**TINY, "sk": False})
+        CameraPoseEncoder(**{**tiny, "sk": False})
     with pytest.raises(ValueError, match="cin"):
-        CameraPoseEncoder(**{**TINY, "cin": 100})
+        CameraPoseEncoder(**{**tiny, "cin": 100})
 
 
-def test_original_yaml_params_pass_straight_through():
+def test_original_yaml_params_pass_straight_through(tiny):
     # an importer hands the original `pose_encoder_config.params` over unchanged (golden/configs/cami2v_tiny.yaml)
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
-    params = OmegaConf.to_container(config.model.params.pose_encoder_config.params, resolve=True)
-    model = CameraPoseEncoder(**params)
-    assert [f.shape[1] for f in model(torch.zeros(1, 6, 2, 64, 64))] == [32, 64, 64]
+    model = CameraPoseEncoder(**tiny)
+    side = 8 * tiny["downscale_factor"]
+    assert [f.shape[1] for f in model(torch.zeros(1, 6, 2, side, side))] == tiny["channels"]
