@@ -106,14 +106,27 @@ def offload_device() -> torch.device:
         return torch.device("cpu")
 
 
-def free_memory_for_sampling() -> None:
-    """Ask ComfyUI to unload the models it manages so our sampler has the GPU to itself."""
+def bytes_to_place(module: torch.nn.Module, device: torch.device) -> int:
+    """Bytes of `module`'s parameters and buffers that are not on `device` yet (what moving it there costs)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if t.device != device)
+
+
+def free_memory_for(module: torch.nn.Module, device: torch.device, working_bytes: int = 0) -> int:
+    """Make room on `device` for `module` plus `working_bytes` of activations, as a good ComfyUI citizen.
+
+    Asks `comfy.model_management.free_memory` for just that much, so ComfyUI offloads only as many of its other
+    models (least recently used first) as it must; nothing is unloaded when the room is already there. Returns the
+    bytes asked for (0 on a CPU or without ComfyUI, where there is nothing to manage)."""
+    if device.type == "cpu":
+        return 0
     try:
         import comfy.model_management as mm
     except ImportError:
-        return
-    mm.unload_all_models()
-    mm.soft_empty_cache()
+        return 0
+    required = bytes_to_place(module, device) + working_bytes + mm.minimum_inference_memory()
+    mm.free_memory(required, device)
+    return required
 
 
 def check_interrupt() -> None:

@@ -49,7 +49,9 @@ def single_image(image: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def placed(handle, device: torch.device):
-    """Put the model on `device` with the handle's attention backend; offload afterwards unless keep_loaded."""
+    """Put the model on `device` (after asking ComfyUI for just the room it needs) with the handle's attention
+    backend; offload afterwards unless keep_loaded."""
+    comfy_bridge.free_memory_for(handle.model, device)
     previous = attention.get_backend()
     attention.set_backend(handle.attention)
     handle.model.to(device)
@@ -145,7 +147,6 @@ class CamI2VSampler:
         for note in notes:
             log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], note)
         device = comfy_bridge.torch_device()
-        comfy_bridge.free_memory_for_sampling()
         progress = comfy_bridge.Progress(steps)
 
         def on_step(info: StepInfo):

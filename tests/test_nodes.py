@@ -269,3 +269,44 @@ def test_bad_pasted_text_names_the_problem():
         NODES["CamI2VCameraFromText"]().parse('{"frames": [{"w2c": [[1, 0, 0, 0]]}]}')
     with pytest.raises(ValueError, match="empty"):
         NODES["CamI2VCameraFromText"]().parse("   ")
+
+
+class FakeModelManagement:
+    """Stands in for comfy.model_management: records what the pack asks of it; unloading everything is an error."""
+
+    def __init__(self):
+        self.asked = []
+
+    def free_memory(self, memory_required, device, keep_loaded=()):
+        self.asked.append((memory_required, device))
+
+    def minimum_inference_memory(self):
+        return 1000
+
+    def unload_all_models(self):
+        raise AssertionError("the pack must not unload every model the user has loaded")
+
+
+def test_placing_a_model_asks_comfyui_for_only_the_room_it_needs(monkeypatch):
+    import sys
+    import types
+
+    fake = FakeModelManagement()
+    comfy = types.ModuleType("comfy")
+    comfy.model_management = fake
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", fake)
+    module = torch.nn.Linear(10, 5)  # 55 fp32 numbers = 220 bytes, all on the CPU
+    gpu = torch.device("cuda", 0)
+    assert comfy_bridge.free_memory_for(module, gpu, working_bytes=50) == 220 + 50 + 1000
+    assert fake.asked == [(1270, gpu)]
+    assert comfy_bridge.free_memory_for(module, torch.device("cpu")) == 0  # nothing to manage on a CPU
+    assert len(fake.asked) == 1
+
+
+def test_sampling_places_the_model_through_the_memory_manager(cami2v, monkeypatch):
+    placed_on = []
+    monkeypatch.setattr(comfy_bridge, "free_memory_for", lambda module, device, working_bytes=0:
+                        placed_on.append((module, device.type)) or 0)
+    sample(cami2v, NODES["CamI2VCameraPreset"]().build("orbit left", 8, 0.6, 1.0)[0])
+    assert placed_on and all(m is cami2v.model and d == "cpu" for m, d in placed_on)
