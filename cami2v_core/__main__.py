@@ -16,6 +16,7 @@ from .checkpoint import (CONFIG_METADATA_KEY, CheckpointError, infer_config, loa
                          summarize)
 from .configs import PRESETS, ConfigError, resolve_config
 from .errors import CamI2VError
+from .settings import DEFAULTS
 
 EXIT_USAGE = 2
 
@@ -179,7 +180,8 @@ def _generate(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-        write_video(frames, out, fps=args.fps)
+        fps = args.fps if args.fps is not None else DEFAULTS.playback_fps(args.frame_stride)
+        write_video(frames, out, fps=fps)
     except user_errors as e:
         if os.environ.get("CAMI2V_DEBUG"):
             raise
@@ -206,9 +208,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--camera", required=True,
                    help="camera path: a preset name, a pose .json or a RealEstate10K .txt; resampled to the "
                         "model's frame count when it has a different number of poses")
-    p.add_argument("--ratio", type=float, default=None,
-                   help="for a preset: fraction of the demo's path the video covers (default 0.1, the demo's; "
-                        "the README gallery uses 0.6-0.8)")
+    p.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
+                   help=f"for a preset: fraction of the demo's path the video covers (default {DEFAULTS.ratio}, as "
+                        f"the nodes and the README gallery; the demo's slider starts at 0.1)")
     p.add_argument("--prompt", default="", help="what the video shows")
     p.add_argument("--negative-prompt", default=DEMO_NEGATIVE_PROMPT,
                    help="unconditional text for guidance (default: the demo's negative prompt; '' = the trainer's)")
@@ -216,24 +218,30 @@ def _add_generate(sub) -> None:
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, .pt, .ckpt); default: bundled tiny model")
     p.add_argument("--config", default=None,
                    help="preset name or original YAML, for checkpoints whose model cannot be detected")
-    p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
-    p.add_argument("--cfg-text", type=float, default=7.5, help="text guidance scale (default 7.5)")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULTS.steps,
+                   help=f"DDIM steps (default {DEFAULTS.steps})")
+    p.add_argument("--cfg-text", type=float, default=DEFAULTS.cfg_text,
+                   help=f"text guidance scale (default {DEFAULTS.cfg_text}, the demo's; the paper's tables use 7.5)")
     p.add_argument("--cfg-image", type=float, default=None,
                    help="image guidance scale (default: same as --cfg-text, the original's joint scale)")
-    p.add_argument("--cfg-camera", type=float, default=1.0,
+    p.add_argument("--cfg-camera", type=float, default=DEFAULTS.cfg_camera,
                    help="camera guidance scale; 1 = off (the released setting), > 1 adds a no-camera pass")
-    p.add_argument("--camera-schedule", choices=CAMERA_SCHEDULES, default="constant",
+    p.add_argument("--camera-schedule", choices=CAMERA_SCHEDULES, default=DEFAULTS.camera_schedule,
                    help="camera guidance weight over time (default constant)")
-    p.add_argument("--rescale", type=float, default=0.7, help="guidance rescale phi in [0, 1] (default 0.7)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta: 1 = stochastic (released), 0 = deterministic")
-    p.add_argument("--seed", type=int, default=12333, help="random seed (default 12333, the demo's)")
-    p.add_argument("--frame-stride", type=_positive_int, default=None,
-                   help="frame stride conditioning: larger = more motion (default: the model's)")
-    p.add_argument("--trace-scale", type=float, default=1.0, help="multiply the camera path's translations")
-    p.add_argument("--cond-frame", type=int, default=0, help="index of the frame the picture becomes (default 0)")
+    p.add_argument("--rescale", type=float, default=DEFAULTS.guidance_rescale,
+                   help=f"guidance rescale phi in [0, 1] (default {DEFAULTS.guidance_rescale})")
+    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta: 1 = stochastic (released), 0 = deterministic")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed}, the demo's)")
+    p.add_argument("--frame-stride", type=_positive_int, default=DEFAULTS.frame_stride,
+                   help=f"frame stride conditioning: larger = more motion (default {DEFAULTS.frame_stride}, the "
+                        f"demo's; the paper's evaluation uses 8)")
+    p.add_argument("--trace-scale", type=float, default=DEFAULTS.trace_scale, help="multiply the camera path's translations")
+    p.add_argument("--cond-frame", type=int, default=DEFAULTS.cond_frame, help="index of the frame the picture becomes (default 0)")
     p.add_argument("--pose-intrinsics", action="store_true",
                    help="use the camera file's intrinsics instead of the demo's 90-degree default")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written video (default 8)")
+    p.add_argument("--fps", type=float, default=None,
+                   help=f"frame rate of the written video (default: {DEFAULTS.source_fps} / frame stride, the source "
+                        f"clips' speed, as the nodes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weights dtype (default: fp16 on CUDA, fp32 on CPU)")

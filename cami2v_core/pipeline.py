@@ -29,6 +29,7 @@ from einops import rearrange, repeat
 from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
 from .errors import CamI2VError
+from .settings import DEFAULTS
 
 # The gradio demo's defaults (spec §6.5 step 5): its negative prompt, and the suffix it appends to every caption.
 DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, distorted body, missing limbs, unnatural "
@@ -36,7 +37,7 @@ DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, dist
 DEMO_PROMPT_SUFFIX = (" dramatic camera movement, high quality, cinematic shot, photorealistic, detailed fur, "
                       "smooth motion")
 # The 512 models are conditioned on fps = floor(source fps / frame stride), with the demo's source fps (spec §7.1).
-SOURCE_FPS = 29.97
+SOURCE_FPS = DEFAULTS.source_fps
 # Submodules that only run before (encoders, pose encoder) or after (VAE decoder) the denoising loop.
 ENCODER_MODULES = ("cond_stage_model", "embedder", "image_proj_model", "first_stage_model", "pose_encoder")
 # ComfyUI's SD1.x latent -> RGB projection (comfy/latent_formats.py, SD15): DynamiCrafter uses the same KL-f8 VAE.
@@ -357,18 +358,20 @@ def make_generator(seed: int | None = None) -> torch.Generator:
 
 
 def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative_prompt: str = "", *,
-                  steps: int = 25, cfg_text: float = 7.5, cfg_image: float | None = None, cfg_camera: float = 1.0,
-                  camera_schedule: str = "constant", guidance_rescale: float = 0.7, eta: float = 1.0,
+                  steps: int = DEFAULTS.steps, cfg_text: float = DEFAULTS.cfg_text, cfg_image: float | None = None,
+                  cfg_camera: float = DEFAULTS.cfg_camera, camera_schedule: str = DEFAULTS.camera_schedule,
+                  guidance_rescale: float = DEFAULTS.guidance_rescale, eta: float = DEFAULTS.eta,
                   spacing: str = "uniform_trailing", seed: int | None = None,
-                  generator: torch.Generator | None = None, frame_stride: int | None = None,
-                  cond_frame_index: int = 0, trace_scale: float = 1.0,
+                  generator: torch.Generator | None = None, frame_stride: int | None = DEFAULTS.frame_stride,
+                  cond_frame_index: int = DEFAULTS.cond_frame, trace_scale: float = DEFAULTS.trace_scale,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
                   batch_branches: bool = True, offload: bool = False) -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
     `sampling.StepInfo` after every step; raise in it to cancel. `offload` keeps encoders and VAE on the CPU
-    except while they run.
+    except while they run. Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the UNet's own
+    default fs value.
     """
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)

@@ -11,6 +11,7 @@ import torch
 from cami2v_core import pipeline
 from cami2v_core.modules import attention
 from cami2v_core.sampling import StepInfo
+from cami2v_core.settings import DEFAULTS
 from trajectories import Trajectory, TrajectoryError, fit_frames
 
 from . import comfy_bridge
@@ -19,7 +20,6 @@ from .registry import DISPLAY_NAMES, node_name
 CAMERA_TYPE = "CAMERACTRL_POSES"
 CAMERA_SCHEDULES = ("constant", "cosine")
 log = logging.getLogger("CamI2V")
-SOURCE_FPS = 30.0  # RealEstate10K clips are ~30 fps; frame stride s plays back at 30/s fps (spec §8)
 
 
 def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -77,30 +77,30 @@ class CamI2VSampler:
                 "negative_prompt": ("STRING", {"multiline": True, "default": pipeline.DEMO_NEGATIVE_PROMPT,
                                     "tooltip": "Used for the unconditional branch (empty = the training's empty "
                                     "text)."}),
-                "seed": ("INT", {"default": 12333, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
+                "seed": ("INT", {"default": DEFAULTS.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
                          "tooltip": "Same seed, same video."}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
-                "cfg_text": ("FLOAT", {"default": 5.5, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
+                "steps": ("INT", {"default": DEFAULTS.steps, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
+                "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
                              "guidance. Equal to cfg_image gives the original single-scale guidance (no extra "
                              "pass)."}),
-                "cfg_image": ("FLOAT", {"default": 5.5, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
+                "cfg_image": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
                               "guidance. Different from cfg_text adds an image-only pass (slower)."}),
-                "cfg_camera": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
+                "cfg_camera": ("FLOAT", {"default": DEFAULTS.cfg_camera, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
                                "guidance; 1 = off (the paper's setting). Above 1 exaggerates the camera motion at "
                                "the cost of one more pass per step."}),
-                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": "constant", "tooltip": "How camera "
+                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": DEFAULTS.camera_schedule, "tooltip": "How camera "
                                     "guidance is weighted over the steps: constant, or cosine (strong early, "
                                     "fading at the end)."}),
-                "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
+                "eta": ("FLOAT", {"default": DEFAULTS.eta, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
                         "stochastic (the released setting), 0 = deterministic."}),
-                "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                "guidance_rescale": ("FLOAT", {"default": DEFAULTS.guidance_rescale, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                      "Rescales the guided prediction's std to the conditional one (0.7 released; "
                                      "0 = off)."}),
-                "frame_stride": ("INT", {"default": 2, "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
+                "frame_stride": ("INT", {"default": DEFAULTS.frame_stride, "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
                                  "larger = more motion between frames (demo 2, paper eval 8)."}),
-                "trace_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
+                "trace_scale": ("FLOAT", {"default": DEFAULTS.trace_scale, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
                                 "Multiplies the camera translations (the demo's 'scale')."}),
-                "cond_frame": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Which output frame shows "
+                "cond_frame": ("INT", {"default": DEFAULTS.cond_frame, "min": 0, "max": 63, "tooltip": "Which output frame shows "
                                "the input picture; the camera path is made relative to that frame."}),
             },
             "optional": {
@@ -162,7 +162,7 @@ class CamI2VSampler:
                 offload=not model.keep_loaded)
         out = pipeline.to_comfy_latent(latent.float().cpu())
         out["cami2v_frames"] = frames
-        out["cami2v_fps"] = max(1.0, round(SOURCE_FPS / frame_stride, 2))
+        out["cami2v_fps"] = DEFAULTS.playback_fps(frame_stride)
         report = "\n".join(notes) if notes else f"{frames} frames; the camera path fitted as it was"
         return {"ui": {"text": [report]}, "result": (out, report)}
 
@@ -192,7 +192,8 @@ class CamI2VDecode:
     RETURN_TYPES = ("IMAGE", "FLOAT")
     RETURN_NAMES = ("frames", "fps")
     OUTPUT_TOOLTIPS = ("The video frames as an IMAGE batch.",
-                       "Playback frame rate matching the frame stride (30 / stride); feed it to CreateVideo.")
+                       f"Playback frame rate matching the frame stride ({DEFAULTS.source_fps} / stride); feed it to "
+                       f"CreateVideo.")
     FUNCTION = "decode"
     CATEGORY = "CamI2V"
     DESCRIPTION = "Decodes a CamI2V latent with the checkpoint's own VAE, a few frames at a time."
@@ -204,4 +205,4 @@ class CamI2VDecode:
         with placed(model, comfy_bridge.torch_device()) as net:
             frames = pipeline.decode_latent(net, samples.to(net.device, net.dtype), frames_per_chunk,
                                             offload=not model.keep_loaded)
-        return (frames, float(latent.get("cami2v_fps", 8.0)))
+        return (frames, float(latent.get("cami2v_fps", DEFAULTS.playback_fps(DEFAULTS.frame_stride))))

@@ -119,8 +119,10 @@ def test_ratio_covers_that_fraction_and_scale_multiplies_translations(ratio):
     np.testing.assert_allclose(scaled[:, :3, :3], plain[:, :3, :3], atol=1e-12)
 
 
-def test_preset_defaults_are_the_gradio_defaults_and_names_are_forgiving():
-    assert tj.preset("zoom in").allclose(tj.preset("zoom in", frames=16, ratio=0.1, scale=1.0))
+def test_preset_defaults_are_the_shared_defaults_and_names_are_forgiving():
+    # ratio 0.6 (the README gallery's, shared with the nodes and the CLI); the demo's own slider starts at 0.1
+    assert tj.preset("zoom in").allclose(tj.preset("zoom in", frames=16, ratio=0.6, scale=1.0))
+    assert not tj.preset("zoom in").allclose(tj.preset("zoom in", frames=16, ratio=0.1, scale=1.0))
     assert tj.find_preset("Rotate_Anti-Clockwise") == "rotate anti-clockwise"
     assert tj.find_preset("spin") is None
     with pytest.raises(tj.TrajectoryError, match="unknown preset 'spin'; choose one of: zoom in, zoom out"):

@@ -3,7 +3,8 @@
 Each preset first builds the demo pose file's path (same number of poses, same motion relative to its first pose),
 then applies the demo's two sliders:
     ratio  fraction of that path the frames cover: round(frames / ratio) element-wise lerped samples, first
-           `frames` kept (spec §6.5 step 3). Gradio default 0.1; 1.0 uses the whole path.
+           `frames` kept (spec §6.5 step 3). Default 0.6 (settings.DEFAULTS; the gradio slider starts at 0.1);
+           1.0 uses the whole path.
     scale  multiplies every translation (trace_scale_factor, spec §6.3). Gradio default 1.0.
 The original files store some paths in a mirrored world; only relative poses matter to the model and those are
 reproduced. With faithful=True (default), "look up" / "look down" keep the files' glitched last pose (turned 180°
@@ -17,13 +18,15 @@ from typing import Callable
 
 import numpy as np
 
+from cami2v_core.settings import DEFAULTS
+
 from . import builders, geometry
 from .combinators import demo_resample
 from .errors import TrajectoryError
 from .trajectory import Trajectory
 
-DEFAULT_RATIO = 0.1
-DEFAULT_SCALE = 1.0
+DEFAULT_RATIO = DEFAULTS.ratio  # 0.6, shared with the nodes and the command line (the demo's slider starts at 0.1)
+DEFAULT_SCALE = DEFAULTS.scale
 
 
 @dataclass(frozen=True)
