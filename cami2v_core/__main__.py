@@ -158,6 +158,9 @@ def _generate(args) -> int:
         dtype = args.dtype or ("fp16" if torch.device(device).type == "cuda" else "fp32")
         model = load_model(ckpt, device=device, dtype=dtype, config=args.config)
         trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
+        fit_note = pipeline.describe_fit(tuple(image.shape[:2]), model.config.resolution, args.fit)
+        if fit_note:
+            print(f"note: {fit_note}", file=sys.stderr)
 
         bar = None
         if not args.quiet:
@@ -176,7 +179,7 @@ def _generate(args) -> int:
                 steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image, cfg_camera=args.cfg_camera,
                 camera_schedule=args.camera_schedule, guidance_rescale=args.rescale, eta=args.eta, seed=args.seed,
                 frame_stride=args.frame_stride, cond_frame_index=args.cond_frame, trace_scale=args.trace_scale,
-                callback=progress)
+                callback=progress, fit=args.fit)
         finally:
             if bar is not None:
                 bar.close()
@@ -211,6 +214,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
                    help=f"for a preset: fraction of the demo's path the video covers (default {DEFAULTS.ratio}, as "
                         f"the nodes and the README gallery; the demo's slider starts at 0.1)")
+    p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+                   help="how a picture of another shape meets the model's frame: crop (cover + centre-crop, the "
+                        "original's; default), pad (keep it whole, fill the borders with its edge pixels), stretch")
     p.add_argument("--prompt", default="", help="what the video shows")
     p.add_argument("--negative-prompt", default=DEMO_NEGATIVE_PROMPT,
                    help="unconditional text for guidance (default: the demo's negative prompt; '' = the trainer's)")

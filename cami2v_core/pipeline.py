@@ -102,31 +102,84 @@ def target_size(image_hw: tuple[int, int], model_hw: tuple[int, int]) -> tuple[i
     return height, width
 
 
-def prepare_image(image, height: int, width: int) -> PreparedImage:
-    """Resize to cover H x W (bilinear + antialias), centre-crop, map to [-1,1], default intrinsics (spec §6.1)."""
-    return _prepare_uint8(image_to_uint8(image), height, width)
+FIT_MODES = ("crop", "pad", "stretch")
 
 
-def _prepare_uint8(u8: torch.Tensor, height: int, width: int) -> PreparedImage:
+def prepare_image(image, height: int, width: int, fit: str = "crop") -> PreparedImage:
+    """Fit a picture to H x W, map to [-1,1] and give its default intrinsics (spec §6.1 for fit="crop").
+
+    crop: resize to cover H x W (bilinear + antialias) and centre-crop (the original's). pad: resize to fit inside
+    and fill the borders by repeating the picture's edge pixels (nothing cut). stretch: resize to exactly H x W
+    (nothing cut, proportions changed). `describe_fit` says in words what a mode does to a given picture."""
+    return _prepare_uint8(image_to_uint8(image), height, width, fit)
+
+
+def _check_fit(fit: str) -> None:
+    if fit not in FIT_MODES:
+        raise PipelineError(f"fit must be one of {', '.join(FIT_MODES)} (how a picture of another shape is fitted "
+                            f"to the model's frame); got {fit!r}")
+
+
+def _resize(u8: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(u8.shape[-2:]) == tuple(hw):
+        return u8
+    # torchvision's tensor resize (what the original calls) is this very kernel: torch's antialiased bilinear, run
+    # on the uint8 picture on the CPU. torchvision itself is not needed.
+    return F.interpolate(u8[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _prepare_uint8(u8: torch.Tensor, height: int, width: int, fit: str = "crop") -> PreparedImage:
     """prepare_image for a uint8 [3,h0,w0] picture."""
+    _check_fit(fit)
     if min(height, width) < 1:
         raise PipelineError(f"the target size must be positive; got {height}x{width}")
     h0, w0 = u8.shape[-2:]
-    if w0 / h0 > width / height:
-        new_hw = (height, int(w0 * height / h0))
+    covers = w0 / h0 > width / height
+    if fit == "stretch":
+        new_hw = (height, width)
+    elif covers == (fit == "crop"):
+        new_hw = (height, max(1, int(w0 * height / h0)))
     else:
-        new_hw = (int(h0 * width / w0), width)
-    if new_hw != (h0, w0):
-        # torchvision's tensor resize (what the original calls) is this very kernel: torch's antialiased bilinear,
-        # run on the uint8 picture on the CPU. torchvision itself is not needed.
-        u8 = F.interpolate(u8[None], size=new_hw, mode="bilinear", antialias=True, align_corners=False)[0]
+        new_hw = (max(1, int(h0 * width / w0)), width)
+    u8 = _resize(u8, new_hw)
     rh, rw = u8.shape[-2:]
-    top, left = (rh - height) // 2, (rw - width) // 2
-    u8 = u8[:, top:top + height, left:left + width]
+    if fit == "pad":
+        top, left = (height - rh) // 2, (width - rw) // 2
+        u8 = F.pad(u8[None].float(), (left, width - rw - left, top, height - rh - top), mode="replicate")[0]
+        u8 = u8.to(torch.uint8)
+    else:
+        top, left = (rh - height) // 2, (rw - width) // 2
+        u8 = u8[:, top:top + height, left:left + width]
     pixels = (u8[None] / 255 - 0.5) * 2  # [1,3,H,W], the original's exact arithmetic
-    f = 0.5 * max(rh, rw)  # 90° field of view across the long side of the uncropped resized picture
+    f = 0.5 * max(rh, rw)  # 90° field of view across the long side of the resized picture (uncropped)
     K = torch.tensor([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]], dtype=torch.float32)
     return PreparedImage(pixels.float(), K, (int(rh), int(rw)))
+
+
+def describe_fit(image_hw: tuple[int, int], model_hw: tuple[int, int], fit: str = "crop") -> str | None:
+    """What fitting an H x W picture to the model does, in one sentence; None when nothing notable happens.
+
+    Said when a crop cuts more than a tenth of the picture, a pad fills more than a tenth of the frame, or a stretch
+    changes the proportions by more than a tenth."""
+    _check_fit(fit)
+    h0, w0 = int(image_hw[0]), int(image_hw[1])
+    height, width = target_size((h0, w0), model_hw)
+    ratio_in, ratio_out = w0 / h0, width / height
+    change = max(ratio_in, ratio_out) / min(ratio_in, ratio_out)  # >= 1
+    if change <= 1.1:
+        return None
+    lost = 1 - 1 / change
+    shape = f"the {w0}x{h0} picture ({ratio_in:.2f}:1)"
+    frame = f"the model's {width}x{height} frame ({ratio_out:.2f}:1)"
+    if fit == "crop":
+        side = "left and right" if ratio_in > ratio_out else "top and bottom"
+        return (f"{shape} was centre-cropped to {frame}: {lost:.0%} of it was cut from the {side}; choose fit 'pad' "
+                f"to keep all of it or 'stretch' to squeeze it")
+    if fit == "pad":
+        side = "top and bottom" if ratio_in > ratio_out else "left and right"
+        return (f"{shape} was fitted inside {frame}: {lost:.0%} of the frame ({side}) is filled by repeating its "
+                f"edge pixels")
+    return f"{shape} was stretched to {frame}, changing its proportions {change:.2f}x"
 
 
 def intrinsics_from_normalized(intrinsics, prepared: PreparedImage) -> torch.Tensor:
@@ -232,8 +285,10 @@ def _modules_on(model, names, device, offload: bool):
 def encode_conditioning(model, image, w2c, intrinsics=None, prompt: str = "", negative_prompt: str = "",
                         frame_stride: int | None = None, cond_frame_index: int = 0, trace_scale: float = 1.0,
                         branches=("cond", "uncond"), generator: torch.Generator | None = None,
-                        draws: Draws | None = None, offload: bool = False) -> Conditioning:
-    """Encode picture, prompts and trajectory for the given guidance branches (spec §7.1, draws in §7.7 order)."""
+                        draws: Draws | None = None, offload: bool = False, fit: str = "crop") -> Conditioning:
+    """Encode picture, prompts and trajectory for the given guidance branches (spec §7.1, draws in §7.7 order).
+
+    fit: how a picture of another shape meets the model's frame (`prepare_image`)."""
     config = model.config
     frames = config.temporal_length
     draws = draws or Draws()
@@ -244,11 +299,12 @@ def encode_conditioning(model, image, w2c, intrinsics=None, prompt: str = "", ne
         raise PipelineError(f"trace_scale must be a finite number; got {trace_scale!r}")
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise PipelineError("prompt and negative_prompt must be strings")
+    _check_fit(fit)
     w2c = check_w2c(w2c, frames)
     fs = frame_condition(model, frame_stride)
     u8 = image_to_uint8(image)
     height, width = target_size(tuple(u8.shape[-2:]), config.resolution)
-    prepared = _prepare_uint8(u8, height, width)
+    prepared = _prepare_uint8(u8, height, width, fit)
     K = prepared.K.expand(frames, 3, 3) if intrinsics is None else intrinsics_from_normalized(intrinsics, prepared)
     if K.shape[0] != frames:
         raise PipelineError(f"intrinsics have {K.shape[0]} rows but the trajectory has {frames} poses")
@@ -365,13 +421,14 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
                   generator: torch.Generator | None = None, frame_stride: int | None = DEFAULTS.frame_stride,
                   cond_frame_index: int = DEFAULTS.cond_frame, trace_scale: float = DEFAULTS.trace_scale,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
-                  batch_branches: bool = True, offload: bool = False) -> torch.Tensor:
+                  batch_branches: bool = True, offload: bool = False, fit: str = "crop") -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
     `sampling.StepInfo` after every step; raise in it to cancel. `offload` keeps encoders and VAE on the CPU
-    except while they run. Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the UNet's own
-    default fs value.
+    except while they run. `fit` (crop / pad / stretch) is how a picture of another shape meets the model's frame
+    (`describe_fit` says what it did). Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the
+    UNet's own default fs value.
     """
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)
@@ -386,7 +443,7 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
     draws = draws or Draws()
     branches = guidance.branches(camera=has_camera)
     cond = encode_conditioning(model, image, w2c, intrinsics, prompt, negative_prompt, frame_stride,
-                               cond_frame_index, trace_scale, branches, generator, draws, offload)
+                               cond_frame_index, trace_scale, branches, generator, draws, offload, fit)
     device = model.device
     shape = (1, model.config.channels, model.config.temporal_length, *cond.c_concat.shape[-2:])
     # (3) x_T, then (4) one draw per step: the order of spec §7.7.

@@ -71,8 +71,8 @@ class CamI2VSampler:
         return {
             "required": {
                 "model": ("CAMI2V_MODEL", {"tooltip": f"From {node_name('CamI2VModelLoader')}."}),
-                "image": ("IMAGE", {"tooltip": "The still picture to animate (one image; any size, it is resized "
-                          "to cover the model resolution and centre-cropped)."}),
+                "image": ("IMAGE", {"tooltip": "The still picture to animate (one image; any size: 'fit' says how "
+                          "a picture of another shape meets the model's frame)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the scene shows."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": pipeline.DEMO_NEGATIVE_PROMPT,
                                     "tooltip": "Used for the unconditional branch (empty = the training's empty "
@@ -109,6 +109,10 @@ class CamI2VSampler:
                            "DynamiCrafter."}),
                 "use_camera_intrinsics": ("BOOLEAN", {"default": False, "tooltip": "Use the focal lengths stored "
                                           "in the camera path instead of the demo's 90-degree field of view."}),
+                "fit": (list(pipeline.FIT_MODES), {"default": "crop", "tooltip": "How a picture of another shape "
+                        "meets the model's frame: crop = cover it and centre-crop (the original's), pad = keep the "
+                        "whole picture and fill the borders with its edge pixels, stretch = squeeze it to the frame. "
+                        "The report says what was done when it matters."}),
             },
         }
 
@@ -123,7 +127,7 @@ class CamI2VSampler:
 
     def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
                camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,
-               use_camera_intrinsics=False):
+               use_camera_intrinsics=False, fit="crop"):
         net = model.model
         frames = net.config.temporal_length
         has_camera_input = net.config.camera is not None
@@ -138,7 +142,8 @@ class CamI2VSampler:
             raise ValueError(f"cond_frame must be between 0 and {frames - 1} for this {frames}-frame model; got "
                              f"{cond_frame}")
         picture = single_image(image)
-        notes = []
+        fit_note = pipeline.describe_fit(tuple(picture.shape[:2]), net.config.resolution, fit)
+        notes = [fit_note] if fit_note else []
         if camera is not None:
             w2c, intrinsics, note = camera_arrays(camera, frames)
             notes += [note] if note else []
@@ -159,11 +164,11 @@ class CamI2VSampler:
                 steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                 camera_schedule=camera_schedule, guidance_rescale=guidance_rescale, eta=eta, seed=seed,
                 frame_stride=frame_stride, cond_frame_index=cond_frame, trace_scale=trace_scale, callback=on_step,
-                offload=not model.keep_loaded)
+                offload=not model.keep_loaded, fit=fit)
         out = pipeline.to_comfy_latent(latent.float().cpu())
         out["cami2v_frames"] = frames
         out["cami2v_fps"] = DEFAULTS.playback_fps(frame_stride)
-        report = "\n".join(notes) if notes else f"{frames} frames; the camera path fitted as it was"
+        report = "\n".join(notes) if notes else f"{frames} frames; the picture and camera path fitted as they were"
         return {"ui": {"text": [report]}, "result": (out, report)}
 
 

@@ -310,3 +310,11 @@ def test_sampling_places_the_model_through_the_memory_manager(cami2v, monkeypatc
                         placed_on.append((module, device.type)) or 0)
     sample(cami2v, NODES["CamI2VCameraPreset"]().build("orbit left", 8, 0.6, 1.0)[0])
     assert placed_on and all(m is cami2v.model and d == "cpu" for m, d in placed_on)
+
+
+def test_sampler_reports_how_an_odd_shaped_picture_was_fitted(cami2v):
+    camera = NODES["CamI2VCameraPreset"]().build("orbit left", 8, 0.6, 1.0)[0]
+    kwargs = widgets_defaults("CamI2VSampler")
+    kwargs.update(steps=1, seed=7, fit="pad")
+    out = NODES["CamI2VSampler"]().sample(cami2v, picture(h=10, w=100), camera=camera, **kwargs)
+    assert "100x10" in out["result"][1] and "edge pixels" in out["result"][1]

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from cami2v_core.pipeline import (Draws, PipelineError, check_w2c, decode_latent, from_comfy_latent, generate,
-                                  image_to_uint8, intrinsics_from_normalized, latent_preview, prepare_image,
-                                  sample_latent, target_size, to_comfy_latent)
+from cami2v_core.pipeline import (Draws, PipelineError, check_w2c, decode_latent, describe_fit, from_comfy_latent,
+                                  generate, image_to_uint8, intrinsics_from_normalized, latent_preview,
+                                  prepare_image, sample_latent, target_size, to_comfy_latent)
 from tests.golden import index_names, GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
 from tests.synthetic_photo import make_photo
 
@@ -356,3 +356,31 @@ def test_v_model_path_uses_zero_snr_dynamic_rescale_and_fps():
     assert [info.t for info in seen] == [999, 499]
     table = model.scale_arr
     torch.testing.assert_close(seen[0].pred_x0, -seen[0].outputs["cond"] * float(table[499] / table[999]))
+
+
+def test_fit_pad_keeps_the_whole_picture_and_stretch_fills_the_frame():
+    u8 = np.zeros((20, 200, 3), np.uint8)  # a 10:1 strip: left half red, right half blue
+    u8[:, :100, 0] = 255
+    u8[:, 100:, 2] = 255
+    crop = prepare_image(u8, 64, 64, fit="crop").pixels
+    pad = prepare_image(u8, 64, 64, fit="pad").pixels
+    stretch = prepare_image(u8, 64, 64, fit="stretch").pixels
+    assert crop.shape == pad.shape == stretch.shape == (1, 3, 64, 64)
+    red, blue = (crop[0, 0] > 0).float().mean(), (crop[0, 2] > 0).float().mean()
+    assert abs(red - 0.5) < 0.05 and abs(blue - 0.5) < 0.05  # the crop's middle slice
+    # pad: both halves survive left to right on every row (edge pixels repeated above and below)
+    assert (pad[0, 0, :, :30] > 0.9).all() and (pad[0, 2, :, -30:] > 0.9).all()
+    assert (stretch[0, 0, :, :30] > 0.9).all() and (stretch[0, 2, :, -30:] > 0.9).all()
+    # the picture fills only a strip of the padded frame; the rest repeats its top and bottom rows
+    assert torch.equal(pad[0, :, 0], pad[0, :, 31]) and torch.equal(pad[0, :, 63], pad[0, :, 33])
+    with pytest.raises(PipelineError, match="fit must be one of crop, pad, stretch"):
+        prepare_image(u8, 64, 64, fit="zoom")
+
+
+def test_describe_fit_says_what_was_done_to_an_odd_shaped_picture():
+    note = describe_fit((100, 1000), (256, 256), "crop")
+    assert "1000x100" in note and "centre-cropped" in note and "90%" in note and "'pad'" in note
+    assert "filled" in describe_fit((100, 1000), (256, 256), "pad")
+    assert "10.00x" in describe_fit((100, 1000), (256, 256), "stretch")
+    assert describe_fit((256, 256), (256, 256), "crop") is None
+    assert describe_fit((330, 512), (320, 512), "crop") is None  # a few percent is not worth a word
