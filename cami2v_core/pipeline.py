@@ -456,6 +456,11 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
             raise PipelineError(f"{len(draws.step_noise)} injected step noises for {len(schedule)} steps")
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
     denoise = make_denoiser(model, cond, batch_branches)
+    if callback is not None:
+        # Previews in this VAE's own colours: the projection fitted on the picture and its latent (no extra encode).
+        latent_rgb = fit_latent_rgb(cond.c_concat[:, :, 0].float().cpu(), (cond.image.pixels.cpu() + 1) / 2)
+        user_callback = callback
+        callback = lambda info: user_callback(dataclasses.replace(info, latent_rgb=latent_rgb))  # noqa: E731
     return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
                        callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera)
 
@@ -490,13 +495,42 @@ def from_comfy_latent(latent: dict | torch.Tensor, frames: int) -> torch.Tensor:
     return rearrange(samples, "(b t) c h w -> b c t h w", t=frames)
 
 
-def latent_preview(latent: torch.Tensor) -> torch.Tensor:
-    """Cheap RGB preview without the VAE: [B,4,T,h,w] or [N,4,h,w] -> [N,h,w,3] float 0..1."""
+def fit_latent_rgb(latent: torch.Tensor, rgb: torch.Tensor, strength: float = 0.01) -> torch.Tensor:
+    """Least-squares latent -> RGB projection [C+1,3] (last row: bias) from pairs of a latent [N,C,h,w] and the
+    picture it encodes, [N,3,H,W] in 0..1 (averaged down to h x w).
+
+    Ridge-regularised towards the KL-f8 projection (4 channels) or a grey picture (other VAEs), so directions a
+    picture does not excite (a monochrome picture has none in colour) keep a sensible default. This is how every
+    VAE, the bundled tiny one included, gets a preview in its own colours without a table per VAE."""
+    n, c, h, w = latent.shape
+    target = F.adaptive_avg_pool2d(rgb.float(), (h, w))
+    A = torch.cat([rearrange(latent.float(), "n c h w -> (n h w) c"), torch.ones(n * h * w, 1)], dim=1)
+    Y = rearrange(target, "n r h w -> (n h w) r")
+    prior = torch.zeros(c + 1, 3)
+    if c == len(LATENT_RGB_FACTORS):
+        prior[:c] = torch.tensor(LATENT_RGB_FACTORS) / 2
+    prior[c] = 0.5
+    lam = strength * A.shape[0]
+    lhs = A.T @ A + lam * torch.eye(c + 1)
+    return torch.linalg.solve(lhs, A.T @ Y + lam * prior)
+
+
+def latent_preview(latent: torch.Tensor, projection: torch.Tensor | None = None) -> torch.Tensor:
+    """Cheap RGB preview without the VAE: [B,C,T,h,w] or [N,C,h,w] -> [N,h,w,3] float 0..1.
+
+    projection: a [C+1,3] map from `fit_latent_rgb`; None = ComfyUI's SD1.x factors for the KL-f8 VAE."""
     if latent.ndim == 5:
         latent = rearrange(latent, "b c t h w -> (b t) c h w")
-    factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32, device=latent.device)
-    rgb = torch.einsum("nchw,cr->nhwr", latent.float(), factors)
-    return ((rgb + 1) / 2).clamp(0, 1)
+    if projection is None:
+        if latent.shape[1] != len(LATENT_RGB_FACTORS):
+            raise PipelineError(f"no default preview for a {latent.shape[1]}-channel latent; pass a projection "
+                                f"from fit_latent_rgb")
+        factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32, device=latent.device)
+        rgb = torch.einsum("nchw,cr->nhwr", latent.float(), factors)
+        return ((rgb + 1) / 2).clamp(0, 1)
+    projection = projection.to(latent.device, torch.float32)
+    rgb = torch.einsum("nchw,cr->nhwr", latent.float(), projection[:-1]) + projection[-1]
+    return rgb.clamp(0, 1)
 
 
 def generate(model, image, trajectory, prompt: str = "", negative_prompt: str = "", *,

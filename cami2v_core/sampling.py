@@ -301,6 +301,7 @@ class StepInfo:
     x_prev: torch.Tensor      # latent after the step
     pred_x0: torch.Tensor     # predicted clean latent (after dynamic rescale): use it for previews
     outputs: dict = field(default_factory=dict)  # raw branch outputs of the denoiser
+    latent_rgb: torch.Tensor | None = None  # [C+1,3] latent -> RGB projection for previews (set by the pipeline)
 
 
 def sample_ddim(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule, guidance: Guidance = Guidance(),

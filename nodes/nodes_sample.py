@@ -172,12 +172,19 @@ class CamI2VSampler:
         return {"ui": {"text": [report]}, "result": (out, report)}
 
 
-def preview_image(info: StepInfo):
-    """The first frame of the current denoised estimate as a small PIL image (cheap, no VAE)."""
+def preview_image(info: StepInfo, max_side: int = 512):
+    """The first frame of the current denoised estimate as a PIL image at the video's aspect (cheap, no VAE).
+
+    Coloured by the projection the pipeline fitted for this model's VAE on the input picture, and enlarged from the
+    latent grid to the frame size (at most `max_side`), so it looks like the picture it will become."""
     from PIL import Image
 
-    rgb = pipeline.latent_preview(info.pred_x0[:1, :, :1].detach().float().cpu())[0]
-    return Image.fromarray((rgb.numpy() * 255).round().astype(np.uint8))
+    latent = info.pred_x0[:1, :, :1].detach().float().cpu()
+    rgb = pipeline.latent_preview(latent, info.latent_rgb)[0]
+    h, w = rgb.shape[:2]
+    zoom = max(1, min(8, max_side // max(h, w)))
+    picture = Image.fromarray((rgb.numpy() * 255).round().astype(np.uint8))
+    return picture.resize((w * zoom, h * zoom), Image.BILINEAR)
 
 
 class CamI2VDecode:

@@ -318,3 +318,19 @@ def test_sampler_reports_how_an_odd_shaped_picture_was_fitted(cami2v):
     kwargs.update(steps=1, seed=7, fit="pad")
     out = NODES["CamI2VSampler"]().sample(cami2v, picture(h=10, w=100), camera=camera, **kwargs)
     assert "100x10" in out["result"][1] and "edge pixels" in out["result"][1]
+
+
+def test_live_preview_has_the_videos_aspect_and_the_fitted_colours():
+    from cami2v_core.sampling import StepInfo
+    from nodes.nodes_sample import preview_image
+
+    latent = torch.zeros(1, 4, 2, 8, 16)
+    latent[:, 1] = 1.0
+    projection = torch.zeros(5, 3)
+    projection[1, 0] = 0.8  # channel 1 -> red
+    projection[4] = torch.tensor([0.1, 0.2, 0.3])
+    info = StepInfo(0, 1, 999, latent, latent, latent, latent_rgb=projection)
+    picture = preview_image(info)
+    assert picture.size == (128, 64)  # width x height: the latent's 2:1, enlarged from the 16x8 grid
+    expected = (0.9 * 255, 0.2 * 255, 0.3 * 255)  # channel 1 (1.0) x 0.8 red, plus the bias
+    assert all(abs(got - want) <= 1 for got, want in zip(picture.getpixel((64, 32)), expected))

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from cami2v_core.pipeline import (Draws, PipelineError, check_w2c, decode_latent, describe_fit, from_comfy_latent,
-                                  generate, image_to_uint8, intrinsics_from_normalized, latent_preview,
-                                  prepare_image, sample_latent, target_size, to_comfy_latent)
+from cami2v_core.pipeline import (LATENT_RGB_FACTORS, Draws, PipelineError, check_w2c, decode_latent, describe_fit,
+                                  fit_latent_rgb, from_comfy_latent, generate, image_to_uint8,
+                                  intrinsics_from_normalized, latent_preview, prepare_image, sample_latent,
+                                  target_size, to_comfy_latent)
 from tests.golden import index_names, GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
 from tests.synthetic_photo import make_photo
 
@@ -128,6 +129,42 @@ def test_latent_preview_is_the_sd_projection():
     preview = latent_preview(latent)
     assert preview.shape == (2, 3, 3, 3)
     torch.testing.assert_close(preview[0, 0, 0], (torch.tensor([0.3512, 0.2297, 0.3227]) + 1) / 2)
+
+
+def test_fitted_preview_shows_the_bundled_vaes_pictures_in_their_own_colours():
+    """The SD factors are meaningless for the bundled tiny VAE; a projection fitted on one picture and its latent
+    previews other pictures' latents far closer to the pictures themselves."""
+    from cami2v_core import load_model
+    from cami2v_core.bundled import bundled_model_path
+
+    model = load_model(bundled_model_path())  # committed with the package
+
+    def encoded(seed):
+        pixels = prepare_image(make_photo(64, 64, seed=seed), *model.config.resolution).pixels
+        with torch.no_grad():
+            z = model.encode_first_stage(pixels, generator=torch.Generator().manual_seed(seed))
+        return z, (pixels + 1) / 2
+
+    def psnr(preview, rgb):
+        target = F.adaptive_avg_pool2d(rgb, preview.shape[1:3])[0].permute(1, 2, 0)
+        return float(-10 * torch.log10(((preview[0] - target) ** 2).mean()))
+
+    projection = fit_latent_rgb(*encoded(0))
+    assert projection.shape == (model.config.channels + 1, 3)
+    for seed in (1, 2, 3):  # held out from the fit
+        z, rgb = encoded(seed)
+        fitted, default = psnr(latent_preview(z, projection), rgb), psnr(latent_preview(z), rgb)
+        assert fitted > 18 and fitted > default + 10, (seed, fitted, default)
+
+
+def test_fit_falls_back_to_the_prior_where_the_picture_says_nothing():
+    latent = torch.zeros(1, 4, 4, 4)
+    latent[:, 0] = torch.linspace(-1, 1, 16).view(4, 4)  # only channel 0 varies
+    rgb = torch.full((1, 3, 32, 32), 0.5)
+    projection = fit_latent_rgb(latent, rgb)
+    sd = torch.tensor(LATENT_RGB_FACTORS) / 2
+    torch.testing.assert_close(projection[1:4], sd[1:4])  # channels the picture never moves keep the KL-f8 prior
+    assert projection[0].abs().max() < sd[0].abs().max()  # channel 0 explains nothing of a flat grey: shrunk
 
 
 # -- the whole path through the tiny models ----------------------------------------------------------------------
