@@ -292,6 +292,30 @@ def epipolar_structures(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, wid
     return masks, pair_t.to(pairs.device, pairs.dtype)
 
 
+def keep_key_frame(mask: torch.Tensor, frames: int, frame_index: torch.Tensor) -> torch.Tensor:
+    """Only the key columns of one frame per sample: mask bool [B, L, L], frame_index [B] -> bool [B, L, L].
+
+    The reference-frame ablation (`only_on_cond_frame`, the paper's CamCo-like row): every query keeps its
+    epipolar band in the conditioning frame and nothing in the other frames. The original attends to that frame's
+    tokens alone (keys = registers + the frame's h·w tokens, its mask = these columns); masking the other columns
+    off gives the same softmax over the same keys, and lets every kernel run it unchanged. A query of the
+    conditioning frame keeps its own-frame band, which passes through itself (spec §4.4.6).
+    """
+    _check_shape("mask", mask, (None, None), 1, "[B, L, L] (bool epipolar mask)")
+    batch, length = mask.shape[:2]
+    if mask.shape[2] != length or length % frames:
+        raise ValueError(f"mask must be [B, L, L] with L = frames·h·w ({frames} frames); got {list(mask.shape)}")
+    index = torch.as_tensor(frame_index, device=mask.device).long().reshape(-1)
+    if index.numel() == 1 and batch > 1:
+        index = index.expand(batch)
+    if index.numel() != batch or bool(((index < 0) | (index >= frames)).any()):
+        raise ValueError(f"frame_index must hold one frame in 0..{frames - 1} per sample ({batch}); got "
+                         f"{index.tolist()}")
+    keep = torch.arange(frames, device=mask.device)[None] == index[:, None]  # [B, T]: the key frame of each sample
+    by_frame = rearrange(mask, "b l (t n) -> b l t n", t=frames)
+    return rearrange(by_frame & keep[:, None, :, None], "b l t n -> b l (t n)")
+
+
 # -- the condition the UNet receives -----------------------------------------------------------------------------
 
 def _repeat(tensor: torch.Tensor, n: int) -> torch.Tensor:
@@ -355,4 +379,4 @@ class CameraCondition:
 __all__ = ["CameraCondition", "relative_c2w", "relative_pairs", "motionctrl_rt", "intrinsics_matrix",
            "default_intrinsics", "normalized_to_pixel_intrinsics", "pixel_to_normalized_intrinsics",
            "plucker_embedding", "perturb_zero_translations", "fundamental_matrices", "cell_centres",
-           "epipolar_mask", "epipolar_structures", "ZERO_TRANSLATION_EPS"]
+           "epipolar_mask", "epipolar_structures", "keep_key_frame", "ZERO_TRANSLATION_EPS"]

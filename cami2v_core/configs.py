@@ -33,15 +33,45 @@ _TARGET_VARIANTS = {
     "LatentVisualDiffusion": "dynamicrafter",
 }
 
-# epipolar_config switches of the original that change behaviour and that this implementation does not support;
-# the released configs leave all of them at their default, False (golden README §2).
-_UNSUPPORTED_EPIPOLAR_FLAGS = ("is_3d_full_attn", "apply_epipolar_soft_mask", "epipolar_hybrid_attention",
-                               "epipolar_hybrid_attention_v2", "only_self_pixel_on_current_frame",
-                               "current_frame_as_register_token")
+# The switches of the original's `epipolar_config` (CameraControl/CamI2V/cami2v.py sets each to False when absent;
+# every released config leaves them so). This is the one list of them: `configs` validates with it and
+# `modules.epipolar` refuses with it.
+# Supported: the two ablation rows of the paper's Table 3 that differ from CamI2V only in which keys attend.
+#   only_on_cond_frame: every query attends only to the conditioning frame's tokens on its epipolar line (+ the
+#       register tokens); "+Plücker + epipolar attention on the reference frame" (CamCo-like).
+#   is_3d_full_attn: no mask at all, every token attends to every token of every frame (+ the register tokens);
+#       "+Plücker + 3D full attention".
+EPIPOLAR_SWITCHES = ("only_on_cond_frame", "is_3d_full_attn")
+# Not supported (no released model and no ablation row uses them): a config that turns one on is refused instead
+# of silently computing something else.
+UNSUPPORTED_EPIPOLAR_SWITCHES = ("apply_epipolar_soft_mask", "epipolar_hybrid_attention",
+                                 "epipolar_hybrid_attention_v2", "only_self_pixel_on_current_frame",
+                                 "current_frame_as_register_token")
 
 
 class ConfigError(CamI2VError, ValueError):
     """A model configuration that cannot be built; the message says what was expected and what to change."""
+
+
+def check_epipolar_switches(epipolar: dict) -> None:
+    """Raise ConfigError if an `epipolar_config` turns on an unsupported switch or both supported ones."""
+    on = [k for k in UNSUPPORTED_EPIPOLAR_SWITCHES if epipolar.get(k)]
+    if on:
+        raise ConfigError(f"epipolar_config switches {on} are not supported (no released model or ablation uses "
+                          f"them); set them to false or remove them. Supported: {', '.join(EPIPOLAR_SWITCHES)}")
+    both = [k for k in EPIPOLAR_SWITCHES if epipolar.get(k)]
+    if len(both) > 1:
+        raise ConfigError(f"epipolar_config switches {both} are each one ablation (reference-frame epipolar "
+                          "attention, or unmasked 3-D attention); turn on at most one of them")
+
+
+def epipolar_attention_kind(epipolar: dict | None) -> str | None:
+    """Which keys the epipolar branch attends: "epipolar" (CamI2V), "cond_frame", "full", or None (no branch)."""
+    if epipolar is None:
+        return None
+    if epipolar.get("only_on_cond_frame"):
+        return "cond_frame"
+    return "full" if epipolar.get("is_3d_full_attn") else "epipolar"
 
 
 @dataclass
@@ -78,8 +108,9 @@ class ModelConfig:
             None otherwise.
         epipolar (`dict | None`):
             The original `epipolar_config` (spec §4.3, §4.4): `origin_h`, `origin_w`, `num_register_tokens`,
-            `attention_resolution` (masks are built at pixel strides 8·r), `add_small_perturbation_on_zero_T`.
-            Only `cami2v`; None disables the epipolar branch.
+            `attention_resolution` (masks are built at pixel strides 8·r), `add_small_perturbation_on_zero_T`,
+            and at most one of the ablation switches `EPIPOLAR_SWITCHES`: `only_on_cond_frame` (keys: the
+            conditioning frame only) or `is_3d_full_attn` (no mask). Only `cami2v`; None disables the branch.
         pose_dim (`int | None`):
             Width of MotionCtrl's per-frame camera vector (12 = relative w2c 3x4, spec §5.2); None otherwise.
         add_type (`str`):
@@ -213,12 +244,25 @@ class ModelConfig:
             for key in ("origin_h", "origin_w", "attention_resolution"):
                 if key not in self.epipolar:
                     raise ConfigError(f"epipolar must give {key!r} (see spec §4.4); found keys {sorted(self.epipolar)}")
-            on = [k for k in _UNSUPPORTED_EPIPOLAR_FLAGS if self.epipolar.get(k)]
-            if on:
-                raise ConfigError(f"epipolar_config switches {on} are not supported (no released model uses them); "
-                                  "set them to false or remove them")
+            check_epipolar_switches(self.epipolar)
+            if self.epipolar.get("only_on_cond_frame"):
+                self._check_every_level_masked()
         if self.use_dynamic_rescale and self.turning_step > self.timesteps:
             raise ConfigError(f"turning_step ({self.turning_step}) must not exceed timesteps ({self.timesteps})")
+
+    def _check_every_level_masked(self) -> None:
+        """only_on_cond_frame needs a mask at every temporal block: unmasked, a block would attend all frames."""
+        mults = self.unet.get("channel_mult", [])
+        levels = sorted(set(int(ds) for ds in self.unet.get("attention_resolutions", [])) | {2 ** (len(mults) - 1)})
+        built = {8 * int(r) for r in self.epipolar["attention_resolution"]}  # pixel strides of the masks (§4.4.7)
+        origin_h = int(self.epipolar["origin_h"])
+        # the lookup rule of the UNet: stride = origin_h // feature height (spec §4.4.7)
+        missing = [ds for ds in levels if origin_h // max(1, self.image_size[0] // ds) not in built]
+        if missing:
+            raise ConfigError(f"epipolar only_on_cond_frame needs an epipolar mask at every UNet level with a temporal "
+                              f"block, but levels ds={missing} have none (attention_resolution "
+                              f"{self.epipolar['attention_resolution']}); add {missing} to "
+                              "epipolar.attention_resolution")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field (nested dicts copied)."""

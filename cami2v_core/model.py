@@ -21,7 +21,7 @@ from . import camera as camera_maths
 from .camera import CameraCondition
 from .checkpoint import (CheckpointError, check_state_dict, infer_config, load_state_dict, normalize_state_dict,
                          parse_dtype)
-from .configs import ModelConfig, resolve_config
+from .configs import ModelConfig, epipolar_attention_kind, resolve_config
 from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
 from .modules.resampler import Resampler
@@ -141,13 +141,18 @@ class CamI2VModel(nn.Module):
         rel_c2w = camera_maths.relative_c2w(w2c, cond_frame_index, trace_scale)  # [B,T,4,4] (spec §6.3)
 
         pose_features = masks = rt = None
-        if self.config.epipolar is not None:
+        attends = epipolar_attention_kind(self.config.epipolar)
+        # The 3-D full attention ablation uses no mask, and (as the original) builds none and draws nothing.
+        if attends in ("epipolar", "cond_frame"):
             # Masks at pixel strides 8·r (spec §4.4.7); the perturbation draw comes before anything else random.
             strides = [8 * int(r) for r in self.config.epipolar["attention_resolution"]]
             if pair_t is not None:
                 pair_t = pair_t.to(self.device, torch.float32)
             masks, _ = camera_maths.epipolar_structures(rel_c2w, K, height, width, strides, generator=generator,
                                                         pair_t=pair_t)
+            if attends == "cond_frame":
+                frames = w2c.shape[1]
+                masks = {d: camera_maths.keep_key_frame(m, frames, cond_frame_index) for d, m in masks.items()}
         if self.pose_encoder is not None:
             plucker = camera_maths.plucker_embedding(rel_c2w, K, height, width)  # [B,6,T,H,W]
             pose_features = self.pose_encoder(plucker.to(self.dtype))  # list of [B,C_l,T,h_l,w_l]

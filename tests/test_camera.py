@@ -412,6 +412,38 @@ def test_mask_shapes_batches_and_self_pixels(batch):
             assert torch.equal(alone[stride][0], mask[b])
 
 
+def test_reference_frame_mask_keeps_only_the_cond_frames_columns():
+    # The reference-frame ablation (only_on_cond_frame): for every query, only the conditioning frame's columns may
+    # be True, and there they equal CamI2V's mask; each sample of a batch has its own conditioning frame.
+    rng = np.random.default_rng(7)
+    frames, height, width, stride = 3, 16, 12, 4
+    cells = (height // stride) * (width // stride)
+    w2c = torch.from_numpy(np.stack([random_w2c(rng, frames) for _ in range(2)])).float()
+    K = camera.default_intrinsics(height, width).expand(2, frames, 3, 3)
+    cond = torch.tensor([2, 0])
+    rel = camera.relative_c2w(w2c, cond)
+    masks, _ = camera.epipolar_structures(rel, K, height, width, [stride], generator=torch.Generator().manual_seed(1))
+    full = masks[stride]
+    got = camera.keep_key_frame(full, frames, cond)
+    assert got.dtype == torch.bool and got.shape == full.shape
+    for b, c in enumerate(cond.tolist()):
+        columns = slice(c * cells, (c + 1) * cells)
+        assert torch.equal(got[b][:, columns], full[b][:, columns])
+        others = torch.ones(frames * cells, dtype=torch.bool)
+        others[columns] = False
+        assert not bool(got[b][:, others].any())
+        assert bool(full[b][:, others].any())  # so the line above had something to remove
+        # the conditioning frame's own queries still see themselves (spec §4.4 step 6)
+        assert bool(got[b][columns, columns].diagonal().all())
+    # a single index serves the whole batch
+    assert torch.equal(camera.keep_key_frame(full, frames, torch.tensor([1]))[0],
+                       camera.keep_key_frame(full[:1], frames, torch.tensor([1]))[0])
+    with pytest.raises(ValueError, match="one frame in 0..2 per sample"):
+        camera.keep_key_frame(full, frames, torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="L = frames"):
+        camera.keep_key_frame(full, 5, cond)
+
+
 def test_degenerate_lines_are_false():
     F = torch.zeros(1, 2, 2, 3, 3)  # zero-length lines: 0/0 = NaN distances
     F[0, 0, 1] = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 1.0]])  # (0, 0, c): a line at infinity, inf distances

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from cami2v_core.configs import PRESETS, VIT_H_14, ConfigError, ModelConfig, from_yaml, get_preset, resolve_config
+from cami2v_core.configs import (EPIPOLAR_SWITCHES, PRESETS, UNSUPPORTED_EPIPOLAR_SWITCHES, VIT_H_14, ConfigError,
+                                 ModelConfig, epipolar_attention_kind, from_yaml, get_preset, resolve_config)
 from tests.golden import GOLDEN_DIR, KEYS_DIR, load_json, require
 
 CONFIGS = GOLDEN_DIR / "configs"
@@ -109,7 +110,7 @@ def test_invalid_values_name_the_field_and_choices():
     with pytest.raises(ConfigError, match="unknown model-config field"):
         ModelConfig.from_dict({**PRESETS["tiny"].to_dict(), "bogus": 1})
     with pytest.raises(ConfigError, match="not supported"):
-        PRESETS["tiny"].replace(epipolar={**PRESETS["tiny"].epipolar, "is_3d_full_attn": True})
+        PRESETS["tiny"].replace(epipolar={**PRESETS["tiny"].epipolar, "apply_epipolar_soft_mask": True})
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("cami2v-1024")
 
@@ -135,3 +136,57 @@ def test_unknown_yaml_target_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match="RealCamI2V"):
         from_yaml(tmp_path / "c.yaml")
+
+
+# -- the epipolar ablation switches (paper Table 3) ------------------------------------------------------------------
+
+def with_switches(name, **switches):
+    return PRESETS[name].replace(epipolar={**PRESETS[name].epipolar, **switches})
+
+
+@pytest.mark.parametrize("switch, kind", [("only_on_cond_frame", "cond_frame"), ("is_3d_full_attn", "full")])
+@pytest.mark.parametrize("name", ["tiny", "cami2v-256"])
+def test_ablation_switches_build_and_round_trip(name, switch, kind):
+    cfg = with_switches(name, **{switch: True})
+    assert epipolar_attention_kind(cfg.epipolar) == kind
+    assert ModelConfig.from_json(cfg.to_json()) == cfg  # the switch travels in a checkpoint's header
+    assert epipolar_attention_kind(PRESETS[name].epipolar) == "epipolar"
+    assert epipolar_attention_kind(PRESETS["cameractrl-256"].epipolar) is None
+
+
+def test_ablation_switches_are_exclusive():
+    with pytest.raises(ConfigError, match="at most one"):
+        with_switches("tiny", only_on_cond_frame=True, is_3d_full_attn=True)
+
+
+@pytest.mark.parametrize("switch", UNSUPPORTED_EPIPOLAR_SWITCHES)
+def test_unsupported_switches_are_refused_by_the_config_and_the_module(switch):
+    # one list, used by both: the config check and the module that would otherwise compute something else
+    from cami2v_core.modules.epipolar import EpipolarAttention
+    with pytest.raises(ConfigError, match=switch) as e:
+        with_switches("tiny", **{switch: True})
+    assert all(name in str(e.value) for name in EPIPOLAR_SWITCHES)  # says what is supported
+    with pytest.raises(ConfigError, match=switch):
+        EpipolarAttention(32, 2, **{switch: True})
+    with_switches("tiny", **{switch: False})  # off is the released configs' value: accepted
+    EpipolarAttention(32, 2, **{switch: False})
+
+
+def test_reference_frame_attention_needs_a_mask_at_every_level():
+    # The released 512 config builds no mask for the ds-1 level (spec §4.4.7), which CamI2V then runs unmasked;
+    # with only_on_cond_frame that block would attend every frame, so the config is refused and says what to add.
+    assert epipolar_attention_kind(with_switches("cami2v-512", is_3d_full_attn=True).epipolar) == "full"
+    with pytest.raises(ConfigError, match=r"ds=\[1\].*add \[1\] to epipolar.attention_resolution"):
+        with_switches("cami2v-512", only_on_cond_frame=True)
+    fixed = with_switches("cami2v-512", only_on_cond_frame=True, attention_resolution=[8, 4, 2, 1])
+    assert fixed.epipolar["only_on_cond_frame"]
+
+
+def test_original_yaml_with_an_ablation_switch(tmp_path):
+    text = require(CONFIGS / "cami2v_tiny.yaml").read_text()
+    assert "epipolar_config:" in text
+    (tmp_path / "c.yaml").write_text(text.replace("epipolar_config:", "epipolar_config:\n      only_on_cond_frame: true"))
+    for p in CONFIGS.glob("*.json"):
+        shutil.copy(p, tmp_path / p.name)
+    cfg = from_yaml(tmp_path / "c.yaml")
+    assert epipolar_attention_kind(cfg.epipolar) == "cond_frame"

@@ -12,11 +12,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cami2v_core import camera as camera_maths
 from cami2v_core.camera import CameraCondition
+from cami2v_core.errors import CamI2VError
 from cami2v_core.modules import epipolar as epi
 from cami2v_core.modules.epipolar_sparse import (EpipolarBlockMask, attention_with_lse, attention_with_lse_math,
                                                  build_layout, cached_block_mask, gathered_attention)
@@ -363,3 +365,98 @@ def test_training_through_a_block_mask_uses_the_dense_path_with_gradients():
         module(x, m, 1).square().sum().backward()
         grads[name] = module.epipolar_attn.to_q.weight.grad.clone()
     torch.testing.assert_close(grads["blocks"], grads["dense"], atol=1e-5, rtol=1e-5)
+
+
+# -- the ablation switches (paper Table 3: reference frame only, 3-D full attention) on every kernel ---------------
+
+def epipolar_module_with(switch: str | None, registers=4):
+    """epipolar_module with one ablation switch of configs.EPIPOLAR_SWITCHES turned on (same weights)."""
+    module = epipolar_module(registers=registers)
+    if switch is None:
+        return module
+    switched = epi.EpipolarAttention(32, 2, origin_h=64, num_register_tokens=registers, **{switch: True}).eval()
+    switched.load_state_dict(module.state_dict())  # the same keys: an ablation adds no parameter
+    return switched
+
+
+def original_formulation(module, x, batch, key_index, allowed):
+    """The original's branch written out in float64: keys = [registers ; tokens at key_index], allowed [B, L, K].
+
+    x [(B hw), T, C] -> [(B hw), T, C]. For only_on_cond_frame the original gathers the conditioning frame's tokens
+    as the context (and their columns of the mask) rather than masking the others off."""
+    a = module.epipolar_attn
+    cells, frames = x.shape[0] // batch, x.shape[1]
+    tokens = x.double().reshape(batch, cells, frames, -1).transpose(1, 2).reshape(batch, frames * cells, -1)
+    context = torch.cat([a.register_tokens.double().expand(batch, -1, -1),
+                         torch.stack([tokens[b, key_index[b]] for b in range(batch)])], dim=1)
+    q, k, v = (F.linear(t, lin.weight.double()) for lin, t in ((a.to_q, tokens), (a.to_k, context),
+                                                                (a.to_v, context)))
+    heads = a.heads
+    q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    keep = torch.cat([torch.ones(batch, allowed.shape[1], a.num_register_tokens, dtype=torch.bool), allowed], -1)
+    out = (scores.masked_fill(~keep[:, None], -math.inf).softmax(-1) @ v).transpose(1, 2).reshape(
+        batch, frames * cells, -1)
+    out = F.linear(out, a.to_out[0].weight.double(), a.to_out[0].bias.double())
+    return out.reshape(batch, frames, cells, -1).transpose(1, 2).reshape(batch * cells, frames, -1)
+
+
+@pytest.mark.parametrize("layout", ["split", "once", "merged"])
+@pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
+@pytest.mark.parametrize("cond", [0, 2])
+def test_gathered_attention_on_reference_frame_masks(kind, cond, layout):
+    # Whole query frames have no key in their own frame (all but the conditioning frame): the gathered layouts must
+    # still give the dense softmax over registers + the reference frame's band.
+    mask = camera_maths.keep_key_frame(epipolar_masks(kind=kind)[8], 4, torch.tensor([cond]))
+    L = mask.shape[-1]
+    q, k, v, rk, rv = random_qkv(1, L, dtype=torch.float64)
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=8, kind=layout)
+    assert torch.equal(blocks.to_dense(), mask)
+    out = gathered_attention(q, k, v, rk, rv, blocks)
+    torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "gathered", "auto"])
+@pytest.mark.parametrize("block_form", [False, True])
+def test_reference_frame_module_equals_the_original_formulation(kernel, block_form):
+    batch, frames, cells = 2, 4, 64
+    cond = torch.tensor([1, 3])
+    full = torch.cat([epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]])
+    mask = camera_maths.keep_key_frame(full, frames, cond)
+    module = epipolar_module_with("only_on_cond_frame")
+    epi.set_kernel(kernel)
+    given = EpipolarBlockMask.from_dense(mask, frames=frames) if block_form else mask
+    x = torch.randn(batch * cells, frames, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = module(x, given, batch)
+        key_index = torch.stack([torch.arange(cells) + c * cells for c in cond.tolist()])  # [B, hw]
+        allowed = torch.stack([full[b][:, key_index[b]] for b in range(batch)])  # CamI2V's columns of that frame
+        expected = original_formulation(module, x, batch, key_index, allowed)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "gathered", "auto"])
+@pytest.mark.parametrize("handed", ["none", "dense", "blocks"])
+def test_full_attention_module_attends_everything_whatever_mask_it_gets(kernel, handed):
+    # is_3d_full_attn: the effective mask is all True, so a CamI2V mask handed to the block changes nothing.
+    batch, frames, cells = 1, 4, 64
+    mask = epipolar_masks()[8]
+    module = epipolar_module_with("is_3d_full_attn")
+    epi.set_kernel(kernel)
+    handed = {"none": None, "dense": mask, "blocks": EpipolarBlockMask.from_dense(mask, frames=frames)}[handed]
+    x = torch.randn(batch * cells, frames, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = module(x, handed, batch)
+        every = torch.arange(frames * cells)[None]
+        expected = original_formulation(module, x, batch, every, torch.ones(batch, frames * cells, frames * cells,
+                                                                            dtype=torch.bool))
+        cami2v = epipolar_module()(x, mask, batch)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cami2v, got, atol=1e-3)  # the mask does matter to CamI2V itself
+
+
+def test_reference_frame_module_refuses_to_run_unmasked():
+    module = epipolar_module_with("only_on_cond_frame")
+    with pytest.raises(epi.EpipolarMaskError, match="only_on_cond_frame"):
+        run_module(module, None, batch=1)
+    assert isinstance(epi.EpipolarMaskError("x"), CamI2VError)

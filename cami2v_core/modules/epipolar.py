@@ -15,17 +15,21 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..configs import UNSUPPORTED_EPIPOLAR_SWITCHES, check_epipolar_switches
+from ..errors import CamI2VError
 from .attention import attention, merge_heads, split_heads
 from .epipolar_sparse import MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, gathered_attention_kvr
 
-# epipolar_config switches of the original that change the branch and that no released model uses (golden README §2);
-# a config that turns one on is refused instead of silently computing something else.
-UNSUPPORTED_SWITCHES = ("apply_epipolar_soft_mask", "epipolar_hybrid_attention", "epipolar_hybrid_attention_v2",
-                        "only_self_pixel_on_current_frame", "current_frame_as_register_token", "only_on_cond_frame")
 # Keys the original epipolar_config may hold: those this module uses, and those that only matter elsewhere (mask
-# building in camera.py, the model class) or are inert.
-_OWN_KEYS = ("origin_h", "num_register_tokens", "attention_resolution", "is_3d_full_attn", "compression_factor")
+# building in camera.py, the model class) or are inert. The switches and which are supported: configs.py.
+_OWN_KEYS = ("origin_h", "num_register_tokens", "attention_resolution", "is_3d_full_attn", "only_on_cond_frame",
+             "compression_factor")
 _CONFIG_KEYS_ELSEWHERE = ("origin_w", "add_small_perturbation_on_zero_T", "soft_mask_temperature", "pluker_add_type")
+
+
+class EpipolarMaskError(CamI2VError, ValueError):
+    """A camera condition whose epipolar masks do not fit the block; the message says what to build instead."""
+
 
 # How a masked epipolar attention runs: "auto" gathers the allowed keys when the cost model says it is cheaper
 # (large, sparse masks: the 256 model's 32x32 and 16x16 levels), "gathered" always does, "dense" never does (the
@@ -224,25 +228,26 @@ class EpipolarAttention(nn.Module):
         origin_h: image height in pixels the mask strides refer to (used when the camera condition gives none).
         num_register_tokens: learned tokens prepended to the keys, always attended (4 in every release).
         attention_resolution: the UNet ds levels masks are built for (mask building lives in camera.py).
-        is_3d_full_attn: ignore masks and attend to everything.
+        is_3d_full_attn: ignore masks and attend to everything (the paper's "3D full attention" ablation).
+        only_on_cond_frame: the masks hold keys of the conditioning frame only (camera.keep_key_frame, the
+            reference-frame ablation); the block then refuses to run without a mask, which would attend all frames.
+    Every kernel runs both: the full one has no mask (plain SDPA), the reference-frame one is an ordinary mask.
     """
 
     def __init__(self, dim: int, heads: int, origin_h: int = 256, num_register_tokens: int = 0,
-                 attention_resolution=(8, 4, 2, 1), is_3d_full_attn: bool = False, compression_factor: int = 1,
-                 **config):
+                 attention_resolution=(8, 4, 2, 1), is_3d_full_attn: bool = False, only_on_cond_frame: bool = False,
+                 compression_factor: int = 1, **config):
         super().__init__()
-        unknown = sorted(set(config) - set(UNSUPPORTED_SWITCHES) - set(_CONFIG_KEYS_ELSEWHERE))
+        unknown = sorted(set(config) - set(UNSUPPORTED_EPIPOLAR_SWITCHES) - set(_CONFIG_KEYS_ELSEWHERE))
         if unknown:
-            known = _OWN_KEYS + _CONFIG_KEYS_ELSEWHERE + UNSUPPORTED_SWITCHES
+            known = _OWN_KEYS + _CONFIG_KEYS_ELSEWHERE + UNSUPPORTED_EPIPOLAR_SWITCHES
             raise TypeError(f"unknown epipolar_config entries {unknown}; the original's entries are "
                             f"{', '.join(known)}")
-        switched_on = [k for k in UNSUPPORTED_SWITCHES if config.get(k)]
-        if switched_on:
-            raise ValueError(f"epipolar_config switches {switched_on} are not supported (no released CamI2V model "
-                             f"uses them); set them to false or remove them")
+        check_epipolar_switches(dict(config, is_3d_full_attn=is_3d_full_attn, only_on_cond_frame=only_on_cond_frame))
         self.origin_h = int(origin_h)
         self.attention_resolution = list(attention_resolution)
         self.is_3d_full_attn = bool(is_3d_full_attn)
+        self.only_on_cond_frame = bool(only_on_cond_frame)
         self.num_register_tokens = int(num_register_tokens)
         dim_head = int(dim // heads // compression_factor)
         self.epipolar_attn = RegisterTokenAttention(dim, heads, dim_head, self.num_register_tokens)
@@ -253,6 +258,11 @@ class EpipolarAttention(nn.Module):
         frames = x.shape[1]
         if self.is_3d_full_attn:
             mask = None
+        elif mask is None and self.only_on_cond_frame:
+            raise EpipolarMaskError(
+                f"this epipolar block (only_on_cond_frame, {frames} frames x {hw} cells) got no epipolar mask, and "
+                "unmasked it would attend every frame, not the conditioning frame: build the camera condition with "
+                "model.prepare_camera at the model's resolution, whose masks cover every level")
         if mask is not None:
             mask = self._choose_kernel(mask, batch_size, hw * frames, frames, x.device)
             if isinstance(mask, EpipolarBlockMask) and self.epipolar_attn.gathers(x):
@@ -297,5 +307,5 @@ class EpipolarAttention(nn.Module):
 
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "lookup_mask", "pad_register_columns",
-           "UNSUPPORTED_SWITCHES", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
+           "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
            "compact_masks"]
