@@ -485,3 +485,34 @@ def test_errors_are_cami2v_errors():
         colmap.from_colmap_text("", "")
     with pytest.raises(CamI2VError):
         nerfstudio.from_transforms_json("[]")
+
+
+# -- inside Blender (opt-in: runs where the `bpy` module is installed, e.g. `pip install bpy` on its Python) -------
+
+def test_in_blender_the_imported_camera_projects_like_our_path_and_exports_back(tmp_path):
+    bpy = pytest.importorskip("bpy")
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    path = Trajectory(PATHS["orbit+zoom+focal"].w2c, None, 16 / 9)
+    intr = path.intrinsics.copy()
+    intr[:, 2:] = [0.47, 0.53]  # an off-centre principal point exercises the shift
+    path = Trajectory(path.w2c, intr, path.aspect)
+    (tmp_path / "in.json").write_text(path.to_json(), encoding="utf-8")
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1000
+    cam = blender.import_camera(str(tmp_path / "in.json"))
+    assert (scene.render.resolution_x, scene.render.resolution_y) == (1920, 1080)
+    rng = np.random.default_rng(0)
+    for t, (w2c, (fx, fy, cx, cy)) in enumerate(zip(path.w2c, path.intrinsics)):
+        scene.frame_set(scene.frame_start + t)
+        for _ in range(10):
+            p_cam = np.array([*rng.uniform(-1, 1, 2), rng.uniform(1, 5)])
+            p_world = np.linalg.inv(w2c) @ [*p_cam, 1.0]
+            ndc = world_to_camera_view(scene, cam, Vector((blender.BLENDER_FROM_WORLD @ p_world)[:3].tolist()))
+            # Blender's view coordinates: x right, y up from the bottom-left corner, z the depth.
+            expected = (fx * p_cam[0] / p_cam[2] + cx, 1 - (fy * p_cam[1] / p_cam[2] + cy), p_cam[2])
+            np.testing.assert_allclose(tuple(ndc), expected, atol=1e-5)  # Blender works in float32
+    blender.export_camera(str(tmp_path / "out.json"))
+    _same(tj.load(tmp_path / "out.json"), path, atol=1e-5)
