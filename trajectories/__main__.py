@@ -3,8 +3,12 @@
     python -m trajectories list
     python -m trajectories show "orbit left" --ratio 0.6 --out orbit.png [--image photo.jpg --gif orbit.gif]
     python -m trajectories convert my_path.txt --to json --out my_path.json
-A path is a preset name (with --frames/--ratio/--scale as in the demo) or a pose file (JSON, RealEstate10K text, or
-a CAMERACTRL_POSES JSON list; --frames resamples it with SLERP).
+    python -m trajectories convert colmap/sparse/0 transforms.json        # formats from the names
+A path is a preset name (with --frames/--ratio/--scale as in the demo) or a pose file (pose JSON, RealEstate10K text,
+a CAMERACTRL_POSES JSON list, a nerfstudio / instant-ngp transforms.json, or a COLMAP text model folder); --frames
+resamples it with SLERP. convert's output format comes from --to, else from the output name: transforms*.json ->
+transforms, other .json -> pose JSON, .txt -> RealEstate10K, a folder (existing, ending in '/', or without a suffix)
+or cameras.txt / images.txt -> COLMAP text model.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from . import combinators, formats, presets, preview
+from . import colmap, combinators, formats, nerfstudio, presets, preview
 from .errors import TrajectoryError
 
-CONVERSIONS = ("json", "poses", "realestate10k")
+CONVERSIONS = ("json", "poses", "realestate10k", "transforms", "colmap")
+SIZED = ("transforms", "colmap")  # formats that store pixel intrinsics, so --size applies
 
 
 def _path(args):
@@ -25,10 +30,63 @@ def _path(args):
     name = presets.find_preset(args.path)
     if name is not None:
         return presets.preset(name, frames=args.frames or 16, ratio=args.ratio, scale=args.scale)
-    path = formats.load(Path(args.path) if Path(args.path).is_file() else args.path)
+    path = formats.load(Path(args.path) if Path(args.path).exists() else args.path)
     if args.frames:
         path = combinators.resample(path, args.frames)
     return path.scaled(args.scale) if args.scale != 1.0 else path
+
+
+def output_format(out: str | None) -> str:
+    """The format a convert output name asks for (module docstring); pose JSON for stdout."""
+    if out is None:
+        return "json"
+    path = Path(out)
+    name = path.name.lower()
+    if out.endswith(("/", "\\")) or path.is_dir() or name in colmap.FILES or not path.suffix:
+        return "colmap"
+    if path.suffix.lower() == ".json":
+        return "transforms" if name.startswith("transforms") else "json"
+    if path.suffix.lower() == ".txt":
+        return "realestate10k"
+    raise TrajectoryError(f"cannot tell the output format from {path.name!r}; name it .json, .txt or a folder, or "
+                          f"give --to ({', '.join(CONVERSIONS)})")
+
+
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) if p else None for p in parts)
+    except ValueError:
+        raise TrajectoryError(f"--size must be WIDTHxHEIGHT in pixels (1920x1080; 1920x or x1080 for one side), "
+                              f"found {text!r}") from None
+    return width, height
+
+
+def _convert(path, args) -> int:
+    if args.output and args.out:
+        raise TrajectoryError("give the output once: as the second argument or as --out")
+    out = args.output or args.out
+    kind = args.to or output_format(out)
+    width, height = _size(args.size)
+    if args.size and kind not in SIZED:
+        raise TrajectoryError(f"--size applies to {' and '.join(SIZED)} output (pixel intrinsics); {kind} stores "
+                              f"normalised intrinsics")
+    if kind == "colmap":
+        if not out:
+            raise TrajectoryError("a COLMAP model is a folder of files; give the folder to write")
+        folder = Path(out).parent if Path(out).name.lower() in colmap.FILES else Path(out)
+        colmap.write_colmap(path, folder, width, height)
+        return 0
+    text = {"json": lambda: path.to_json(), "poses": lambda: json.dumps(path.to_cameractrl_poses()),
+            "realestate10k": lambda: path.to_realestate10k(),
+            "transforms": lambda: nerfstudio.to_transforms_json(path, width, height)}[kind]()
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -39,7 +97,7 @@ def main(argv=None) -> int:
     for name, help_text in (("show", "draw the path (and animate a picture along it)"),
                             ("convert", "write the path in another format")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("path", help="preset name or pose file")
+        p.add_argument("path", help="preset name, pose file or COLMAP model folder")
         p.add_argument("--frames", type=int, default=None, help="poses to make (presets: default 16)")
         p.add_argument("--ratio", type=float, default=presets.DEFAULT_RATIO,
                        help="presets: fraction of the demo path covered (default %(default)s)")
@@ -49,8 +107,19 @@ def main(argv=None) -> int:
     show.add_argument("--image", help="a picture to warp along the path (planar-scene preview)")
     show.add_argument("--gif", help="where to write that animation (.gif)")
     show.add_argument("--depth", type=float, default=2.0, help="distance of the picture plane (default 2)")
-    sub.choices["convert"].add_argument("--to", choices=CONVERSIONS, default="json")
-    args = parser.parse_args(argv)
+    convert = sub.choices["convert"]
+    convert.add_argument("output", nargs="?", help="output file or COLMAP folder (same as --out)")
+    convert.add_argument("--to", choices=CONVERSIONS, default=None,
+                         help="output format (default: from the output name; pose JSON on stdout)")
+    convert.add_argument("--size", help="transforms / colmap: image size WIDTHxHEIGHT in pixels (default: from "
+                                        "the path's aspect, at least 512 high)")
+    # argparse gives an optional second positional nothing once an option follows the first ("convert PATH --frames
+    # 8 OUT"), so a leftover word is taken as convert's output.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "convert" and args.output is None and len(extra) == 1 and extra[0][:1] != "-":
+        args.output, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "list":
             for p in presets.PRESETS.values():
@@ -58,13 +127,7 @@ def main(argv=None) -> int:
             return 0
         path = _path(args)
         if args.command == "convert":
-            text = {"json": lambda: path.to_json(), "poses": lambda: json.dumps(path.to_cameractrl_poses()),
-                    "realestate10k": lambda: path.to_realestate10k()}[args.to]()
-            if args.out:
-                Path(args.out).write_text(text, encoding="utf-8")
-            else:
-                sys.stdout.write(text)
-            return 0
+            return _convert(path, args)
         if not args.out and not args.gif:
             raise TrajectoryError("give --out picture.png and/or --image photo.jpg --gif preview.gif")
         if args.out:

@@ -1,5 +1,8 @@
 """Reading and writing camera paths: pose JSON, RealEstate10K text (spec §6.4) and CAMERACTRL_POSES.
 
+3D tools' formats live beside this module: nerfstudio.py (transforms.json) and colmap.py (COLMAP text models);
+`load` and `from_json` recognise them.
+
 CAMERACTRL_POSES (ComfyUI type of AnimateDiff-Evolved's CameraCtrl nodes): one list of 19 floats per frame,
     [0] t          frame index (readers ignore it; RealEstate10K files hold a timestamp in microseconds here)
     [1:5] fx fy cx cy   normalised intrinsics (fx, cx by the pose image width; fy, cy by its height)
@@ -17,13 +20,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from . import geometry
 from .errors import TrajectoryError
-from .trajectory import (INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, check_aspect,
+from .trajectory import (BOTTOM_ROW_TOL, INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, check_aspect,
                          default_intrinsics, finite_number)
 
 JSON_FORMAT = "cami2v-trajectory"
@@ -184,6 +189,9 @@ def from_json(source) -> Trajectory:
     if not isinstance(data, dict):
         raise TrajectoryError(f"expected a pose JSON object with a 'frames' list (or a CAMERACTRL_POSES list), "
                               f"found {type(data).__name__}")
+    from . import nerfstudio  # a transforms.json is JSON too: its frames carry 'transform_matrix'
+    if nerfstudio.is_transforms(data):
+        return nerfstudio.from_transforms_json(data)
     _no_unknown_keys(data, _TOP_KEYS, None, "the top level")
     if "format" in data and data["format"] != JSON_FORMAT:
         raise TrajectoryError(f"'format' must be {JSON_FORMAT!r}, found {str(data['format'])[:40]!r}", field="format")
@@ -259,14 +267,18 @@ def _frame_pose(frame: dict, f: int) -> np.ndarray:
                                   "look_at" if "is the same" in what else "up")
         return geometry.invert_rigid(geometry.rigid(rot_c2w, position))
     matrix = _matrix(frame[key], f, key)
-    if key == "w2c":
-        return matrix
-    # c2w: check it before inverting so that a singular matrix is reported, not a LinAlgError.
-    err = geometry.rigidity_error(matrix[:3, :3])
+    return matrix if key == "w2c" else w2c_from_c2w(matrix, f, key)
+
+
+def w2c_from_c2w(c2w: np.ndarray, f: int | None, field: str = "c2w") -> np.ndarray:
+    """One camera-to-world [4,4] -> its inverse, refusing what cannot be a camera (before a LinAlgError could)."""
+    if np.abs(c2w[3] - np.array([0.0, 0.0, 0.0, 1.0])).max() > BOTTOM_ROW_TOL:
+        raise TrajectoryError(f"the last row must be [0, 0, 0, 1], found {c2w[3].tolist()}", f, field)
+    err = geometry.rigidity_error(c2w[:3, :3])
     if not err <= RIGID_REPAIR_TOL:
         raise TrajectoryError(f"the rotation block is not a rotation: max|R R^T - I| = {err:.3g} (allowed "
-                              f"{RIGID_REPAIR_TOL}); check the matrix has no scale or shear", f, "c2w")
-    return np.linalg.inv(matrix)
+                              f"{RIGID_REPAIR_TOL}); check the matrix has no scale or shear", f, field)
+    return np.linalg.inv(c2w)
 
 
 def _matrix(value, f: int, field: str) -> np.ndarray:
@@ -341,6 +353,38 @@ def _intrinsics(obj, aspect: float, f: int | None, field: str) -> np.ndarray:
     return np.array([fx, fy, num.get("cx", 0.5), num.get("cy", 0.5)])
 
 
+# -- helpers shared by the 3D tools' formats (nerfstudio.py, colmap.py) ---------------------------------------
+
+def image_size(aspect: float, width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """Whole-pixel (width, height) for files that store pixel intrinsics.
+
+    Both given: they must match the path's aspect (1e-6). One given: the other follows from the aspect, rounded.
+    None: the smallest multiple of the aspect's fraction (denominator <= 100000) that is at least 512 pixels high,
+    so width / height reproduces the aspect to ~1e-10 (1.0 -> 512x512, 16/9 -> 912x513).
+    """
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise TrajectoryError(f"the image {name} must be a whole number of pixels >= 1, found {value!r}")
+    if width is not None and height is not None:
+        if abs(width / height - aspect) > 1e-6 * aspect:
+            raise TrajectoryError(f"a {width}x{height} image has aspect {width / height:.6g}, but this path's "
+                                  f"intrinsics refer to an image of aspect {aspect:.6g}; give a size of that "
+                                  f"aspect, or only the width or the height")
+        return int(width), int(height)
+    if width is not None:
+        return int(width), max(1, round(width / aspect))
+    if height is not None:
+        return max(1, round(height * aspect)), int(height)
+    frac = Fraction(aspect).limit_denominator(100_000)
+    k = -(-512 // frac.denominator)
+    return frac.numerator * k, frac.denominator * k
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders runs of digits by value: 'frame_2' before 'frame_10'."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
 # -- any source ------------------------------------------------------------------------------------------------
 
 def read_text(path) -> str:
@@ -389,8 +433,8 @@ def parse_text(text) -> Trajectory:
 
 
 def load(source) -> Trajectory:
-    """A Trajectory from a preset name, a pose file path, pose text (JSON / RealEstate10K), a CAMERACTRL_POSES list,
-    a parsed pose JSON dict, or a Trajectory (returned as is)."""
+    """A Trajectory from a preset name, a pose file path (pose JSON, RealEstate10K, transforms.json, a COLMAP text
+    model folder), pose text, a CAMERACTRL_POSES list, a parsed pose JSON dict, or a Trajectory (returned as is)."""
     if isinstance(source, Trajectory):
         return source
     if isinstance(source, (list, tuple, np.ndarray)):
@@ -400,7 +444,7 @@ def load(source) -> Trajectory:
     if isinstance(source, (bytes, bytearray)):
         return parse_text(source)
     if isinstance(source, os.PathLike):
-        return parse_text(read_text(source))
+        return _load_file(Path(source))
     if not isinstance(source, str):
         raise TrajectoryError(f"cannot read a camera path from {type(source).__name__}; give a preset name, a file "
                               f"path, pose text or a CAMERACTRL_POSES list")
@@ -410,8 +454,8 @@ def load(source) -> Trajectory:
     stripped = source.strip()
     if stripped[:1] in ("{", "[") or "\n" in stripped:
         return parse_text(source)
-    if _is_file(source):
-        return parse_text(read_text(source))
+    if _is_file(source) or _is_dir(source):
+        return _load_file(Path(source))
     if stripped and _looks_numeric(stripped):
         return parse_text(source)
     if Path(stripped).suffix.lower() in (".json", ".txt") or os.sep in stripped:
@@ -419,6 +463,21 @@ def load(source) -> Trajectory:
     from .presets import PRESETS
     raise TrajectoryError(f"{source[:80]!r} is not a preset name, an existing pose file, or pose text. Presets: "
                           f"{', '.join(PRESETS)}")
+
+
+def _load_file(path: Path) -> Trajectory:
+    """A pose file, a transforms.json, or a COLMAP text model (its folder, cameras.txt or images.txt)."""
+    if path.is_dir() or path.name.lower() in ("cameras.txt", "images.txt"):
+        from .colmap import read_colmap
+        return read_colmap(path)
+    return parse_text(read_text(path))
+
+
+def _is_dir(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _is_file(text: str) -> bool:

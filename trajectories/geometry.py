@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Camera coordinates OpenCV (x right, y down, z forward) <-> OpenGL / Blender / nerfstudio (x right, y up, z back):
+# X_cv = CV_FROM_GL @ X_gl, so c2w_cv = c2w_gl @ CV_FROM_GL. The matrix is its own inverse.
+CV_FROM_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
 
 def rot_x(deg) -> np.ndarray:
     """Rotation about +x by `deg` degrees (scalar or [N]) -> [3,3] or [N,3,3]."""
