@@ -22,7 +22,17 @@ VARIANTS = ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")
 PARAMETERIZATIONS = ("eps", "v")
 FPS_CONDITION_TYPES = ("fs", "fps")
 ADD_TYPES = ("add_to_main_branch", "add_into_temporal_attn")
+# "relative": a camera path's translations have no unit (CamI2V's training data is scale-free, so its paths are
+# scaled by eye); "metre": the model was trained on metric-scaled translations (RealCam-I2V, realcam spec §3).
+TRANSLATION_UNITS = ("relative", "metre")
 VIT_H_14 = "ViT-H-14"
+
+# The gradio demos' prompts (spec §6.5 step 5, realcam spec §5): the negative prompt both demos use as the
+# unconditional text, and the suffix the CamI2V demo appends to every caption (RealCam's appends none).
+DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, distorted body, missing limbs, unnatural "
+                        "posture, blurry, cropped, extra limbs, bad anatomy, deformed, glitchy motion, artifacts.")
+DEMO_PROMPT_SUFFIX = (" dramatic camera movement, high quality, cinematic shot, photorealistic, detailed fur, "
+                      "smooth motion")
 
 # The `target` class of the original configs -> our variant name (CamI2V repo and the DynamiCrafter repo itself).
 _TARGET_VARIANTS = {
@@ -106,6 +116,16 @@ class ModelConfig:
             Training draws the conditioning frame at random (CamI2V, DynamiCrafter) or uses frame 0 (spec §8).
         perframe_ae (`bool`):
             The original's "encode one frame at a time" switch; numerically identical either way (spec §3.4).
+        translation_unit (`str`):
+            What a camera path's translations mean to this model: `"relative"` (CamI2V and its baselines, trained
+            on scale-free poses) or `"metre"` (RealCam-I2V, trained on metric-scaled poses, realcam spec §3).
+        default_cfg (`float`):
+            Guidance scale a front end starts from: 7.5 (CamI2V's paper and test configs, spec §7.6) or 5.5
+            (RealCam-I2V's demo, realcam spec §5). Not part of the network.
+        prompt_suffix (`str`):
+            Text the model's demo appends to every caption: CamI2V's `DEMO_PROMPT_SUFFIX`, none for RealCam-I2V.
+        negative_prompt (`str`):
+            The demo's unconditional text (`DEMO_NEGATIVE_PROMPT` for both demos).
     """
 
     variant: str
@@ -134,6 +154,10 @@ class ModelConfig:
     uncond_type: str = "empty_seq"
     rand_cond_frame: bool = False
     perframe_ae: bool = False
+    translation_unit: str = "relative"
+    default_cfg: float = 7.5
+    prompt_suffix: str = DEMO_PROMPT_SUFFIX
+    negative_prompt: str = DEMO_NEGATIVE_PROMPT
 
     def __post_init__(self):
         # JSON-normalise the nested dicts (tuples -> lists) so a config equals itself after a JSON round trip.
@@ -183,6 +207,7 @@ class ModelConfig:
         _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
         _check_choice("fps_condition_type", self.fps_condition_type, FPS_CONDITION_TYPES)
         _check_choice("add_type", self.add_type, ADD_TYPES)
+        _check_choice("translation_unit", self.translation_unit, TRANSLATION_UNITS)
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ConfigError(f"image_size must be the latent (height, width), two positive ints; got {self.image_size}")
         for name in ("unet", "first_stage", "image_proj"):
@@ -368,7 +393,7 @@ def _tiny() -> ModelConfig:
 
 def _build_presets() -> dict[str, ModelConfig]:
     dc256, dc512 = _dynamicrafter_256(), _dynamicrafter_512()
-    return {
+    presets = {
         "cami2v-256": dc256.with_variant("cami2v", pose_encoder=dict(_POSE_ENCODER),
                                          epipolar=_epipolar(256, 256, [8, 4, 2, 1])),
         # The released 512 config builds masks only for strides 64/32/16: the ds-1 level runs unmasked (spec §4.4.7).
@@ -380,6 +405,12 @@ def _build_presets() -> dict[str, ModelConfig]:
         "dynamicrafter-512": dc512,
         "tiny": _tiny(),
     }
+    # RealCam-I2V is CamI2V's network trained on metric-scaled translations; its released files hold only the camera
+    # layers and merge over DynamiCrafter (realcam spec §1, §2). Defaults are its demo's (realcam spec §5).
+    for res in ("256", "512"):
+        presets[f"realcam-i2v-{res}"] = presets[f"cami2v-{res}"].replace(
+            translation_unit="metre", default_cfg=5.5, prompt_suffix="", negative_prompt=DEMO_NEGATIVE_PROMPT)
+    return presets
 
 
 PRESETS: dict[str, ModelConfig] = _build_presets()
