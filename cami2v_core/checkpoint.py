@@ -525,20 +525,21 @@ def base_candidates(partial: Partial, next_to: Path | None = None,
 def check_base(partial: Partial, partial_sd: Mapping[str, torch.Tensor], base_sd: Mapping[str, torch.Tensor],
                base_source: str, partial_source: str = "the partial checkpoint") -> None:
     """Raise CheckpointError unless base_sd is a whole DynamiCrafter model this partial file can merge over."""
+    # Each message opens with "<base> is ...;" so find_base can list rejected candidates by that first clause.
     if is_partial(base_sd) or not all(k in base_sd for k in _WHOLE_MODEL_KEYS):
-        raise CheckpointError(f"{base_source} cannot be the base of {partial_source}: it is not a whole model "
-                              f"(it lacks {', '.join(k for k in _WHOLE_MODEL_KEYS if k not in base_sd) or 'the UNet'}); "
-                              + partial.download_hint())
+        lacks = ", ".join(k for k in _WHOLE_MODEL_KEYS if k not in base_sd) or "the base UNet"
+        raise CheckpointError(f"{base_source} is not a whole model (it lacks {lacks}); it cannot be the base of "
+                              f"{partial_source}: " + partial.download_hint())
     detected = detect_variant(base_sd)
     if detected.variant != "dynamicrafter":
-        raise CheckpointError(f"{base_source} is a {detected.variant} model, but {partial_source} merges over "
-                              f"DynamiCrafter's own model.ckpt; " + partial.download_hint())
+        raise CheckpointError(f"{base_source} is a {detected.variant} model; {partial_source} merges over "
+                              "DynamiCrafter's own model.ckpt: " + partial.download_hint())
     wanted = PRESETS[partial.base.preset].resolution if partial.base else None
     if wanted is not None and detected.resolution != wanted:
         found = "x".join(map(str, detected.resolution)) if detected.resolution else "an unknown size"
-        raise CheckpointError(f"{base_source} is DynamiCrafter at {found}, but {partial_source} is the "
-                              f"{partial.resolution} model and needs {partial.base.label} "
-                              f"({partial.base.url}); " + partial.download_hint())
+        raise CheckpointError(f"{base_source} is DynamiCrafter at {found}; {partial_source} is the "
+                              f"{partial.resolution} model and needs {partial.base.label} ({partial.base.url}): "
+                              + partial.download_hint())
     clashes = [(k, list(base_sd[k].shape), list(v.shape)) for k, v in partial_sd.items()
                if k in base_sd and tuple(base_sd[k].shape) != tuple(v.shape)]
     width = _model_channels(base_sd)
@@ -547,8 +548,8 @@ def check_base(partial: Partial, partial_sd: Mapping[str, torch.Tensor], base_sd
         clashes.append(("pose_encoder.encoder_conv_in.weight (output width vs the UNet's)", [width],
                         [int(conv_in.shape[0])]))
     if clashes:
-        shown = "; ".join(f"{k}: base {b}, partial {p}" for k, b, p in clashes[:3])
-        raise CheckpointError(f"{base_source} does not fit {partial_source} (a model of another size): {shown}; "
+        shown = ", ".join(f"{k}: base {b}, partial {p}" for k, b, p in clashes[:3])
+        raise CheckpointError(f"{base_source} is a model of another size than {partial_source} ({shown}); "
                               + partial.download_hint())
 
 
