@@ -409,9 +409,10 @@ DYNAMICRAFTER_BASES = {
 }
 REALCAM_FILES = {"256": "256_realcam-i2v_50k.safetensors", "512": "512_realcam-i2v_50k.safetensors"}
 
-# Keys every whole checkpoint has: the UNet's input conv and the VAE's. A file with camera layers but without these
-# holds only the trained camera parts.
-_WHOLE_MODEL_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.encoder.conv_in.weight")
+# Keys every whole checkpoint has: the UNet's input conv and the VAE's. A file with camera layers but without the
+# UNet's holds only the trained camera parts (one that lacks only the VAE is a broken whole file, reported as such).
+_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+_WHOLE_MODEL_KEYS = (_UNET_KEY, "first_stage_model.encoder.conv_in.weight")
 _CAMERA_MARKERS = ("pose_encoder.", ".pluker_projection.", ".epipolar.", ".cc_projection.")
 _BASE_SUFFIXES = (".ckpt", ".safetensors")
 
@@ -449,7 +450,7 @@ class Partial:
 def is_partial(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True for a file holding camera layers but not the whole model (RealCam-I2V's releases, spec §1)."""
     has_camera = any(k.startswith(m) or m in k for k in state_dict for m in _CAMERA_MARKERS)
-    return has_camera and not all(k in state_dict for k in _WHOLE_MODEL_KEYS)
+    return has_camera and _UNET_KEY not in state_dict
 
 
 def detect_partial(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
