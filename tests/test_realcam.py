@@ -81,7 +81,10 @@ def test_real_size_partial_over_its_base_gives_the_cami2v_key_set(res):
 
 def test_a_whole_cami2v_file_is_still_cami2v():
     for res in ("256", "512"):
-        assert detect_partial(manifest(f"cami2v_{res}"), {}, f"{res}_realcam-i2v_50k.safetensors") is None
+        whole = manifest(f"cami2v_{res}")
+        assert detect_partial(whole, {}, f"{res}_realcam-i2v_50k.safetensors") is None
+        # a whole file that lost its VAE is a broken whole file (missing-keys message), not a partial one
+        assert not is_partial({k: v for k, v in whole.items() if not k.startswith("first_stage_model.")})
 
 
 @pytest.mark.parametrize("res, wrong", [("512", "dynamicrafter_256"), ("256", "dynamicrafter_512")])
