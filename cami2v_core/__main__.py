@@ -1,4 +1,4 @@
-"""Command line: `python -m cami2v_core inspect FILE` and `python -m cami2v_core convert IN OUT.safetensors`.
+"""Command line: `python -m cami2v_core generate ...`, `inspect FILE` and `convert IN OUT.safetensors`.
 
 Each subcommand is one `_add_<name>(subparsers)` function that declares its arguments and sets `func`; errors a user
 can fix are printed as one message with exit status 2, never as a traceback (set CAMI2V_DEBUG=1 to see one).
@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import (CONFIG_METADATA_KEY, CheckpointError, infer_config, load_shapes, parse_dtype,
-                         summarize)
+from .checkpoint import (CONFIG_METADATA_KEY, CheckpointError, detect_partial, detect_variant, find_base,
+                         infer_config, load_shapes, parse_dtype, summarize)
 from .configs import PRESETS, ConfigError, resolve_config
 from .errors import CamI2VError
 from .settings import DEFAULTS
@@ -25,15 +25,20 @@ def _inspect(args) -> int:
     path = Path(args.file)
     sd, metadata = load_shapes(path)
     stats = summarize(sd)
+    partial = detect_partial(sd, metadata, path.name)
+    if partial is not None:
+        return _inspect_partial(args, path, sd, partial, stats)
     config = infer_config(sd, metadata, source=str(path))
     source = "file header" if CONFIG_METADATA_KEY in metadata else "detected from keys"
     preset = _preset_name(config)
     info = {
         "file": str(path),
+        "partial": False,
         "variant": config.variant,
         "resolution": list(config.resolution),
         "prediction": config.parameterization,
         "preset": preset,
+        "translation_unit": config.translation_unit,
         "config_source": source,
         "dtypes": stats["dtypes"],
         "keys": stats["keys"],
@@ -46,13 +51,53 @@ def _inspect(args) -> int:
     print(f"file        {info['file']}")
     print(f"model       {config.variant}  {config.resolution[0]}x{config.resolution[1]}  "
           f"{config.parameterization}-prediction  (preset: {preset or 'custom'}; {source})")
+    _print_stats(stats)
+    return 0
+
+
+def _inspect_partial(args, path, sd, partial, stats) -> int:
+    """inspect for a partial file: what it is, which base it needs and whether one was found."""
+    config = partial.config or (PRESETS[partial.preset] if partial.preset else None)
+    try:
+        found = str(find_base(partial, sd, path.parent, args.search_dir or (), str(path)))
+    except CheckpointError:
+        found = None
+    bases = [partial.base] if partial.base else None
+    info = {
+        "file": str(path),
+        "partial": True,
+        "variant": detect_variant(sd).variant,
+        "resolution": list(config.resolution) if config else None,
+        "prediction": config.parameterization if config else None,
+        "preset": partial.preset,
+        "translation_unit": config.translation_unit if config else None,
+        "base": {"file": partial.base.label if partial.base else "DynamiCrafter model.ckpt",
+                 "url": partial.base.url if partial.base else None, "found": found},
+        "dtypes": stats["dtypes"],
+        "keys": stats["keys"],
+        "parameters": stats["parts"],
+        "total": stats["numel"],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"file        {info['file']}")
+    size = f"{config.resolution[0]}x{config.resolution[1]}  " if config else ""
+    print(f"model       partial: {info['variant']} camera layers only  {size}(preset: {partial.preset or 'unknown'})")
+    need = ", ".join(f"{b.label} ({b.url})" for b in bases) if bases else "DynamiCrafter model.ckpt (256 or 512)"
+    print(f"base        needs {need}")
+    print(f"            {'found: ' + found if found else 'not found: ' + partial.download_hint(path.parent)}")
+    _print_stats(stats)
+    return 0
+
+
+def _print_stats(stats) -> None:
     print("dtype       " + ", ".join(f"{k} ({v:,} elements)" for k, v in stats["dtypes"].items()))
     print(f"keys        {stats['keys']:,}")
     print("parameters")
     for part, n in stats["parts"].items():
         print(f"  {part:<24}{n:>16,}")
     print(f"  {'total':<24}{stats['numel']:>16,}")
-    return 0
 
 
 def _preset_name(config) -> str | None:
@@ -75,15 +120,31 @@ def _add_inspect(sub) -> None:
                                    "counts per part, reading only its header where the format allows.")
     p.add_argument("file", help="checkpoint: .safetensors, .pt or .ckpt")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_base_arguments(p, with_base=False)
     p.set_defaults(func=_inspect)
+
+
+def _add_base_arguments(p, with_base: bool = True) -> None:
+    """--base / --search-dir: where a partial file's DynamiCrafter base is (RealCam-I2V releases)."""
+    if with_base:
+        p.add_argument("--base", default=None,
+                       help="DynamiCrafter model.ckpt a partial checkpoint (RealCam-I2V) merges over; default: "
+                            "found next to the checkpoint or in a --search-dir")
+    p.add_argument("--search-dir", action="append", default=None, metavar="DIR",
+                   help="folder to look for a partial checkpoint's base in (DIR/DynamiCrafter_512/model.ckpt, ...); "
+                        "repeatable")
 
 
 def _convert(args) -> int:
     from .checkpoint import convert
 
     config = resolve_config(args.config) if args.config else None
-    config = convert(args.input, args.output, dtype=parse_dtype(args.dtype), config=config)
-    print(f"wrote {args.output} ({config.variant} {config.resolution[0]}x{config.resolution[1]}, config in header)")
+    merged = detect_partial(*load_shapes(args.input), Path(args.input).name) is not None
+    config = convert(args.input, args.output, dtype=parse_dtype(args.dtype), config=config, base=args.base,
+                     search_dirs=args.search_dir or ())
+    what = ", merged over its DynamiCrafter base" if merged else ""
+    print(f"wrote {args.output} ({_preset_name(config) or config.variant} {config.resolution[0]}x"
+          f"{config.resolution[1]}{what}, config in header)")
     return 0
 
 
@@ -97,6 +158,7 @@ def _add_convert(sub) -> None:
                    help="cast floating tensors (default: keep the stored dtype)")
     p.add_argument("--config", default=None,
                    help="preset name or original YAML to record instead of the detected one (custom models)")
+    _add_base_arguments(p)
     p.set_defaults(func=_convert)
 
 
@@ -156,7 +218,8 @@ def _generate(args) -> int:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = args.dtype or ("fp16" if torch.device(device).type == "cuda" else "fp32")
-        model = load_model(ckpt, device=device, dtype=dtype, config=args.config)
+        model = load_model(ckpt, device=device, dtype=dtype, config=args.config, base=args.base,
+                           search_dirs=args.search_dir or ())
         trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
         fit_note = pipeline.describe_fit(tuple(image.shape[:2]), model.config.resolution, args.fit)
         if fit_note:
@@ -201,7 +264,6 @@ def _generate(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .pipeline import DEMO_NEGATIVE_PROMPT
     from .sampling import CAMERA_SCHEDULES
 
     p = sub.add_parser("generate", help="image + camera path + prompt -> video (.gif / .webp / .mp4)",
@@ -218,10 +280,12 @@ def _add_generate(sub) -> None:
                    help="how a picture of another shape meets the model's frame: crop (cover + centre-crop, the "
                         "original's; default), pad (keep it whole, fill the borders with its edge pixels), stretch")
     p.add_argument("--prompt", default="", help="what the video shows")
-    p.add_argument("--negative-prompt", default=DEMO_NEGATIVE_PROMPT,
-                   help="unconditional text for guidance (default: the demo's negative prompt; '' = the trainer's)")
+    p.add_argument("--negative-prompt", default=DEFAULTS.negative_prompt,
+                   help="unconditional text for guidance (default: the demos' negative prompt, "
+                        f"{DEFAULTS.negative_prompt[:24]!r}...; '' = the trainer's)")
     p.add_argument("--out", required=True, help="output video: .gif or .webp (Pillow), .mp4 (needs PyAV)")
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, .pt, .ckpt); default: bundled tiny model")
+    _add_base_arguments(p)
     p.add_argument("--config", default=None,
                    help="preset name or original YAML, for checkpoints whose model cannot be detected")
     p.add_argument("--steps", type=_positive_int, default=DEFAULTS.steps,

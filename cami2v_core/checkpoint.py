@@ -3,7 +3,9 @@
 Loading never runs code from a file: safetensors, or `torch.load(weights_only=True)` (memory-mapped where the file
 format allows it). The released files (spec §1.1) are whole-model state dicts: CamI2V / CameraCtrl / MotionCtrl `.pt`
 in fp16, and DynamiCrafter `model.ckpt` in fp32 under a Lightning `state_dict` wrapper with the old
-`framestride_embed` name. Every failure is one sentence that says what was found and what to do.
+`framestride_embed` name. RealCam-I2V's files are partial (its camera layers only) and merge over DynamiCrafter's
+`model.ckpt` (realcam spec §1); `load_with_base` finds that base and does the merge. Every failure is one sentence
+that says what was found and what to do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -382,6 +385,254 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
         raise CheckpointError(" ".join(problems) + " Check that the file matches the chosen model/config.")
 
 
+# -- partial checkpoints: RealCam-I2V over DynamiCrafter (realcam spec §1) -------------------------------------------
+
+@dataclass(frozen=True)
+class BaseCheckpoint:
+    """A whole DynamiCrafter model that partial files merge over: its preset, Hugging Face repo and usual place."""
+
+    preset: str    # "dynamicrafter-256" / "dynamicrafter-512"
+    folder: str    # the folder the original configs keep it in: pretrained_models/<folder>/model.ckpt
+    url: str
+    filename: str = "model.ckpt"
+
+    @property
+    def label(self) -> str:
+        """'DynamiCrafter_512/model.ckpt': how the file is named in messages."""
+        return f"{self.folder}/{self.filename}"
+
+
+# The 512 RealCam file needs DynamiCrafter_512, not the 256 base its upstream config names by mistake (spec §1).
+DYNAMICRAFTER_BASES = {
+    "256": BaseCheckpoint("dynamicrafter-256", "DynamiCrafter", "https://huggingface.co/Doubiiu/DynamiCrafter"),
+    "512": BaseCheckpoint("dynamicrafter-512", "DynamiCrafter_512", "https://huggingface.co/Doubiiu/DynamiCrafter_512"),
+}
+REALCAM_FILES = {"256": "256_realcam-i2v_50k.safetensors", "512": "512_realcam-i2v_50k.safetensors"}
+
+# Keys every whole checkpoint has: the UNet's input conv and the VAE's. A file with camera layers but without the
+# UNet's holds only the trained camera parts (one that lacks only the VAE is a broken whole file, reported as such).
+_UNET_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+_WHOLE_MODEL_KEYS = (_UNET_KEY, "first_stage_model.encoder.conv_in.weight")
+_CAMERA_MARKERS = ("pose_encoder.", ".pluker_projection.", ".epipolar.", ".cc_projection.")
+_BASE_SUFFIXES = (".ckpt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What a partial (camera-layers-only) file is: its preset when known, and which base it merges over.
+
+    `resolution` is "256" or "512" when the file tells (its header, its released name, `attn2.alpha` or `scale_arr`
+    keys); None for a file that does not (e.g. a tiny test model), which then fits any base of matching shapes.
+    """
+
+    resolution: str | None
+    config: ModelConfig | None = None  # from the file's safetensors header, when it has one
+
+    @property
+    def base(self) -> BaseCheckpoint | None:
+        """The DynamiCrafter file this one merges over (None when the resolution is unknown)."""
+        return DYNAMICRAFTER_BASES.get(self.resolution) if self.resolution else None
+
+    @property
+    def preset(self) -> str | None:
+        """'realcam-i2v-256' / 'realcam-i2v-512', or None when the resolution is unknown."""
+        return f"realcam-i2v-{self.resolution}" if self.resolution else None
+
+    def download_hint(self, next_to: Path | None = None) -> str:
+        """One sentence saying which base to download and where to put it."""
+        where = f"{next_to}/" if next_to is not None else "<your models folder>/"
+        bases = [self.base] if self.base else list(DYNAMICRAFTER_BASES.values())
+        files = " or ".join(f"{b.filename} from {b.url} (the {b.preset.split('-')[1]} base)" for b in bases)
+        places = " or ".join(f"{where}{b.label}" for b in bases)
+        return f"download {files} and put it at {places}, or pass its path as base= (command line: --base)"
+
+
+def is_partial(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a file holding camera layers but not the whole model (RealCam-I2V's releases, spec §1)."""
+    has_camera = any(k.startswith(m) or m in k for k in state_dict for m in _CAMERA_MARKERS)
+    return has_camera and _UNET_KEY not in state_dict
+
+
+def detect_partial(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
+                   name: str = "") -> Partial | None:
+    """None for a whole checkpoint; for a partial one, its resolution (header, keys, then file name) and base."""
+    if not is_partial(state_dict):
+        return None
+    config = None
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        config = infer_config(state_dict, metadata, name or "this checkpoint")
+        h, w = config.resolution
+        return Partial({(256, 256): "256", (320, 512): "512"}.get((h, w)), config)
+    keys = list(state_dict)
+    # The 256 models learn attn2.alpha and the 512 ones carry scale_arr (keys README); a camera-only file has
+    # neither, and its layers have the same shapes at both sizes, so its released name is the last witness.
+    if any(k.endswith(".attn2.alpha") for k in keys):
+        return Partial("256")
+    if "scale_arr" in state_dict:
+        return Partial("512")
+    found = re.findall(r"(?<![0-9])(256|512)(?![0-9])", Path(name).name)
+    return Partial(found[0] if len(set(found)) == 1 else None)
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    """folder/name, matching the name without regard to case (downloads keep DynamiCrafter_512 or lowercase it)."""
+    exact = folder / name
+    if exact.exists():
+        return exact
+    try:
+        return next((p for p in folder.iterdir() if p.name.lower() == name.lower()), None)
+    except OSError:
+        return None
+
+
+def base_candidates(partial: Partial, next_to: Path | None = None,
+                    search_dirs: tuple[str | os.PathLike, ...] | list = ()) -> list[Path]:
+    """Where a partial file's base may sit, in the order tried: next to it, then in each search folder.
+
+    In each folder D: D/<folder>/model.ckpt (the original layout, e.g. DynamiCrafter_512/model.ckpt), D/<folder>.ckpt
+    and one level down, D/*/<folder>/model.ckpt (ComfyUI's models/checkpoints/DynamiCrafter_512/model.ckpt); beside
+    the partial file also a plain model.ckpt. `.safetensors` conversions are accepted wherever `.ckpt` is.
+    """
+    bases = [partial.base] if partial.base else list(DYNAMICRAFTER_BASES.values())
+    dirs = ([(Path(next_to), True)] if next_to is not None else []) + [(Path(d), False) for d in search_dirs]
+    out: list[Path] = []
+
+    def add(path):
+        if path is not None and path.is_file() and path not in out:
+            out.append(path)
+
+    for folder, beside in dirs:
+        if not folder.is_dir():
+            continue
+        for b in bases:
+            stem = Path(b.filename).stem
+            sub = _child(folder, b.folder)
+            for suffix in _BASE_SUFFIXES:
+                if sub is not None and sub.is_dir():
+                    add(_child(sub, stem + suffix))
+                add(_child(folder, b.folder + suffix))
+        if beside:
+            for suffix in _BASE_SUFFIXES:
+                add(_child(folder, "model" + suffix))
+        for inner in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for b in bases:
+                sub = _child(inner, b.folder)
+                if sub is not None and sub.is_dir():
+                    for suffix in _BASE_SUFFIXES:
+                        add(_child(sub, Path(b.filename).stem + suffix))
+    return out
+
+
+def check_base(partial: Partial, partial_sd: Mapping[str, torch.Tensor], base_sd: Mapping[str, torch.Tensor],
+               base_source: str, partial_source: str = "the partial checkpoint") -> None:
+    """Raise CheckpointError unless base_sd is a whole DynamiCrafter model this partial file can merge over."""
+    # Each message opens with "<base> is ...;" so find_base can list rejected candidates by that first clause.
+    if is_partial(base_sd) or not all(k in base_sd for k in _WHOLE_MODEL_KEYS):
+        lacks = ", ".join(k for k in _WHOLE_MODEL_KEYS if k not in base_sd) or "the base UNet"
+        raise CheckpointError(f"{base_source} is not a whole model (it lacks {lacks}); it cannot be the base of "
+                              f"{partial_source}: " + partial.download_hint())
+    detected = detect_variant(base_sd)
+    if detected.variant != "dynamicrafter":
+        raise CheckpointError(f"{base_source} is a {detected.variant} model; {partial_source} merges over "
+                              "DynamiCrafter's own model.ckpt: " + partial.download_hint())
+    wanted = PRESETS[partial.base.preset].resolution if partial.base else None
+    if wanted is not None and detected.resolution != wanted:
+        found = "x".join(map(str, detected.resolution)) if detected.resolution else "an unknown size"
+        raise CheckpointError(f"{base_source} is DynamiCrafter at {found}; {partial_source} is the "
+                              f"{partial.resolution} model and needs {partial.base.label} ({partial.base.url}): "
+                              + partial.download_hint())
+    clashes = [(k, list(base_sd[k].shape), list(v.shape)) for k, v in partial_sd.items()
+               if k in base_sd and tuple(base_sd[k].shape) != tuple(v.shape)]
+    width = _model_channels(base_sd)
+    conv_in = partial_sd.get("pose_encoder.encoder_conv_in.weight")
+    if conv_in is not None and width is not None and int(conv_in.shape[0]) != width:
+        clashes.append(("pose_encoder.encoder_conv_in.weight (output width vs the UNet's)", [width],
+                        [int(conv_in.shape[0])]))
+    if clashes:
+        shown = ", ".join(f"{k}: base {b}, partial {p}" for k, b, p in clashes[:3])
+        raise CheckpointError(f"{base_source} is a model of another size than {partial_source} ({shown}); "
+                              + partial.download_hint())
+
+
+def find_base(partial: Partial, partial_sd: Mapping[str, torch.Tensor], next_to: Path | None = None,
+              search_dirs: tuple[str | os.PathLike, ...] | list = (),
+              partial_source: str = "the partial checkpoint") -> Path:
+    """The first base candidate that fits the partial file; CheckpointError saying what to download otherwise."""
+    rejected = []
+    candidates = base_candidates(partial, next_to, search_dirs)
+    for path in candidates:
+        try:
+            check_base(partial, partial_sd, load_shapes(path)[0], str(path), partial_source)
+            return path
+        except CheckpointError as e:
+            rejected.append(f"{path.name} in {path.parent} ({str(e).split(';')[0].removeprefix(str(path) + ' ')})")
+    looked = [str(next_to)] if next_to is not None else []
+    looked += [str(d) for d in search_dirs]
+    what = f"the {partial.resolution} " if partial.resolution else "a "
+    tried = f" Found but not usable: {'; '.join(rejected)}." if rejected else ""
+    raise CheckpointError(
+        f"{partial_source} is {what}RealCam-I2V file holding only the camera layers; it loads over "
+        f"{partial.base.label if partial.base else 'DynamiCrafter model.ckpt'}, which was not found "
+        f"(looked in {', '.join(looked) or 'no folder'}).{tried} To fix: {partial.download_hint(next_to)}.")
+
+
+def merge_over_base(base_sd: Mapping[str, torch.Tensor], partial_sd: Mapping[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+    """base ∪ partial, the partial's tensors winning, with framestride_embed renamed (original load_checkpoints)."""
+    base_sd = normalize_state_dict(base_sd, "the base checkpoint")
+    partial_sd = normalize_state_dict(partial_sd, "the partial checkpoint")
+    merged = OrderedDict(base_sd)
+    merged.update(partial_sd)
+    return merged
+
+
+def load_with_base(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+                   base: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+                   search_dirs: tuple[str | os.PathLike, ...] | list = (),
+                   dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, str], Partial | None]:
+    """(state dict, header metadata, Partial or None): a whole file as stored, a partial one merged over its base.
+
+    The base is `base` when given, else the first fitting file next to the partial one or in `search_dirs`
+    (see base_candidates). A partial file without a base is a CheckpointError naming the file to download: it is
+    never loaded alone, which would leave the base UNet random.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, next_to = "the given state dict", None
+        sd, metadata = normalize_state_dict(path_or_state_dict, source), {}
+        sd = {k: _cast(v, parse_dtype(dtype), device) for k, v in sd.items()}
+    else:
+        source, next_to = str(path_or_state_dict), Path(path_or_state_dict).parent
+        sd, metadata = load_state_dict(path_or_state_dict, dtype=dtype, device=device)
+    partial = detect_partial(sd, metadata, "" if next_to is None else Path(path_or_state_dict).name)
+    if partial is None:
+        if base is not None:
+            raise CheckpointError(f"{source} is a whole checkpoint and needs no base; drop the base "
+                                  "(command line: --base), which is only for partial files such as "
+                                  f"{REALCAM_FILES['512']}")
+        return sd, metadata, None
+    if base is None:
+        base = find_base(partial, sd, next_to, search_dirs, source)
+    if isinstance(base, Mapping):
+        base_source = "the given base state dict"
+        base_sd = {k: _cast(v, parse_dtype(dtype), device) for k, v in normalize_state_dict(base).items()}
+    else:
+        base_source = str(base)
+        base_sd, _ = load_state_dict(base, dtype=dtype, device=device)
+    check_base(partial, sd, base_sd, base_source, source)
+    return merge_over_base(base_sd, sd), metadata, partial
+
+
+def config_for(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None, partial: Partial | None,
+               source: str = "this checkpoint") -> ModelConfig:
+    """The ModelConfig of a loaded (merged) checkpoint: header, then the RealCam preset of a partial file, then keys."""
+    if partial is not None and partial.config is not None:
+        return partial.config.replace()
+    if partial is not None and partial.preset is not None and not (metadata and CONFIG_METADATA_KEY in metadata):
+        return PRESETS[partial.preset].replace()
+    return infer_config(state_dict, metadata, source)
+
+
 # -- writing --------------------------------------------------------------------------------------------------------
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -421,16 +672,21 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
-            config: ModelConfig | None = None) -> ModelConfig:
-    """Convert a checkpoint to safetensors with its ModelConfig in the header; returns that config."""
+            config: ModelConfig | None = None, base: str | os.PathLike | None = None,
+            search_dirs: tuple[str | os.PathLike, ...] | list = ()) -> ModelConfig:
+    """Convert a checkpoint to safetensors with its ModelConfig in the header; returns that config.
+
+    A partial file (RealCam-I2V) is merged over its base first (`base`, or found next to it / in `search_dirs`),
+    so the output is the whole model and loads on its own.
+    """
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise CheckpointError(f"the output must be a .safetensors file; got {dst}")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"input and output are the same file ({src}); choose another output name")
-    sd, metadata = load_state_dict(src, dtype=dtype)
+    sd, metadata, partial = load_with_base(src, base=base, search_dirs=search_dirs, dtype=dtype)
     if config is None:
-        config = infer_config(sd, metadata, source=str(src))
+        config = config_for(sd, metadata, partial, source=str(src))
     metadata = dict(metadata)
     metadata.update({"format": "pt", CONFIG_METADATA_KEY: config.to_json()})
     save_safetensors(sd, dst, metadata)
@@ -453,5 +709,7 @@ def summarize(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 
 __all__ = ["CheckpointError", "Detected", "detect_variant", "infer_config", "load_state_dict", "load_shapes",
+           "BaseCheckpoint", "Partial", "DYNAMICRAFTER_BASES", "REALCAM_FILES", "is_partial", "detect_partial",
+           "base_candidates", "check_base", "find_base", "merge_over_base", "load_with_base", "config_for",
            "read_safetensors_header", "normalize_state_dict", "check_state_dict", "describe_foreign",
            "save_safetensors", "convert", "summarize", "parse_dtype", "CONFIG_METADATA_KEY", "VARIANTS"]

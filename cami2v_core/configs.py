@@ -22,6 +22,9 @@ VARIANTS = ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")
 PARAMETERIZATIONS = ("eps", "v")
 FPS_CONDITION_TYPES = ("fs", "fps")
 ADD_TYPES = ("add_to_main_branch", "add_into_temporal_attn")
+# "relative": a camera path's translations have no unit (CamI2V's training data is scale-free, so its paths are
+# scaled by eye); "metre": the model was trained on metric-scaled translations (RealCam-I2V, realcam spec §3).
+TRANSLATION_UNITS = ("relative", "metre")
 VIT_H_14 = "ViT-H-14"
 
 # The `target` class of the original configs -> our variant name (CamI2V repo and the DynamiCrafter repo itself).
@@ -137,6 +140,9 @@ class ModelConfig:
             Training draws the conditioning frame at random (CamI2V, DynamiCrafter) or uses frame 0 (spec §8).
         perframe_ae (`bool`):
             The original's "encode one frame at a time" switch; numerically identical either way (spec §3.4).
+        translation_unit (`str`):
+            What a camera path's translations mean to this model: `"relative"` (CamI2V and its baselines, trained
+            on scale-free poses) or `"metre"` (RealCam-I2V, trained on metric-scaled poses, realcam spec §3).
     """
 
     variant: str
@@ -165,6 +171,7 @@ class ModelConfig:
     uncond_type: str = "empty_seq"
     rand_cond_frame: bool = False
     perframe_ae: bool = False
+    translation_unit: str = "relative"
 
     def __post_init__(self):
         # JSON-normalise the nested dicts (tuples -> lists) so a config equals itself after a JSON round trip.
@@ -214,6 +221,7 @@ class ModelConfig:
         _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
         _check_choice("fps_condition_type", self.fps_condition_type, FPS_CONDITION_TYPES)
         _check_choice("add_type", self.add_type, ADD_TYPES)
+        _check_choice("translation_unit", self.translation_unit, TRANSLATION_UNITS)
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ConfigError(f"image_size must be the latent (height, width), two positive ints; got {self.image_size}")
         for name in ("unet", "first_stage", "image_proj"):
@@ -412,7 +420,7 @@ def _tiny() -> ModelConfig:
 
 def _build_presets() -> dict[str, ModelConfig]:
     dc256, dc512 = _dynamicrafter_256(), _dynamicrafter_512()
-    return {
+    presets = {
         "cami2v-256": dc256.with_variant("cami2v", pose_encoder=dict(_POSE_ENCODER),
                                          epipolar=_epipolar(256, 256, [8, 4, 2, 1])),
         # The released 512 config builds masks only for strides 64/32/16: the ds-1 level runs unmasked (spec §4.4.7).
@@ -424,6 +432,12 @@ def _build_presets() -> dict[str, ModelConfig]:
         "dynamicrafter-512": dc512,
         "tiny": _tiny(),
     }
+    # RealCam-I2V is CamI2V's network trained on metric-scaled translations; its released files hold only the camera
+    # layers and merge over DynamiCrafter (realcam spec §1, §2). Its demo's sampling defaults (cfg 5.5, the same
+    # negative prompt, realcam spec §5) are CamI2V's demo's too: settings.DEFAULTS holds them for both.
+    for res in ("256", "512"):
+        presets[f"realcam-i2v-{res}"] = presets[f"cami2v-{res}"].replace(translation_unit="metre")
+    return presets
 
 
 PRESETS: dict[str, ModelConfig] = _build_presets()

@@ -19,8 +19,7 @@ from torch import nn
 
 from . import camera as camera_maths
 from .camera import CameraCondition
-from .checkpoint import (CheckpointError, check_state_dict, infer_config, load_state_dict, normalize_state_dict,
-                         parse_dtype)
+from .checkpoint import CheckpointError, check_state_dict, config_for, load_with_base, parse_dtype
 from .configs import ModelConfig, epipolar_attention_kind, resolve_config
 from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
@@ -264,22 +263,21 @@ def build_model(preset_or_yaml: str | os.PathLike | ModelConfig | dict, device: 
 
 def load_model(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-               config: str | os.PathLike | ModelConfig | None = None) -> CamI2VModel:
+               config: str | os.PathLike | ModelConfig | None = None,
+               base: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+               search_dirs: tuple[str | os.PathLike, ...] | list = ()) -> CamI2VModel:
     """Build the model a checkpoint holds and load it strictly (config from the file header, else detected).
 
     dtype None keeps the stored dtype (the released .pt files are fp16); 'fp32' / 'fp16' / 'bf16' cast on load.
+    A partial file (RealCam-I2V's camera layers) is merged over its DynamiCrafter base: `base` when given, else the
+    one found next to it or in `search_dirs` (checkpoint.base_candidates); without one it is a CheckpointError.
     """
     dtype = parse_dtype(dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if isinstance(path_or_state_dict, Mapping):
-        source = "the given state dict"
-        sd = normalize_state_dict(path_or_state_dict, source)
-        sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).to(device) for k, v in sd.items()}
-        metadata = {}
-    else:
-        source = str(path_or_state_dict)
-        sd, metadata = load_state_dict(path_or_state_dict, dtype=dtype, device=device)
-    cfg = resolve_config(config) if config is not None else infer_config(sd, metadata, source)
+    source = "the given state dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    sd, metadata, partial = load_with_base(path_or_state_dict, base=base, search_dirs=search_dirs, dtype=dtype,
+                                           device=device)
+    cfg = resolve_config(config) if config is not None else config_for(sd, metadata, partial, source)
     with _parameters_on_meta():
         model = CamI2VModel(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}

@@ -26,16 +26,15 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from . import settings
 from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
 from .errors import CamI2VError
 from .settings import DEFAULTS
 
-# The gradio demo's defaults (spec §6.5 step 5): its negative prompt, and the suffix it appends to every caption.
-DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, distorted body, missing limbs, unnatural "
-                        "posture, blurry, cropped, extra limbs, bad anatomy, deformed, glitchy motion, artifacts.")
-DEMO_PROMPT_SUFFIX = (" dramatic camera movement, high quality, cinematic shot, photorealistic, detailed fur, "
-                      "smooth motion")
+# The gradio demo's prompts (spec §6.5 step 5), defined with the presets whose defaults they are.
+DEMO_NEGATIVE_PROMPT = settings.DEMO_NEGATIVE_PROMPT
+DEMO_PROMPT_SUFFIX = settings.DEMO_PROMPT_SUFFIX
 # The 512 models are conditioned on fps = floor(source fps / frame stride), with the demo's source fps (spec §7.1).
 SOURCE_FPS = DEFAULTS.source_fps
 # Submodules that only run before (encoders, pose encoder) or after (VAE decoder) the denoising loop.

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The gradio demos' prompts (spec §6.5 step 5, realcam spec §5): the negative prompt both demos use as the
+# unconditional text, and the suffix the CamI2V demo appends to every caption (RealCam's appends none; neither
+# front end here appends it: type it into the prompt to match the CamI2V demo).
+DEMO_NEGATIVE_PROMPT = ("Fast movement, jittery motion, abrupt transitions, distorted body, missing limbs, unnatural "
+                        "posture, blurry, cropped, extra limbs, bad anatomy, deformed, glitchy motion, artifacts.")
+DEMO_PROMPT_SUFFIX = (" dramatic camera movement, high quality, cinematic shot, photorealistic, detailed fur, "
+                      "smooth motion")
+
 
 @dataclass(frozen=True)
 class Defaults:
-    """Sampling and camera-path defaults (spec §6.5, §7.6)."""
+    """Sampling and camera-path defaults (spec §6.5, §7.6; RealCam-I2V's demo uses the same, realcam spec §5)."""
 
     steps: int = 25
     cfg_text: float = 5.5            # demo: one scale for text and image (cfg_image = cfg_text)
@@ -24,6 +32,7 @@ class Defaults:
     frame_stride: int = 2            # the demo's; the paper's evaluation uses 8
     trace_scale: float = 1.0
     cond_frame: int = 0
+    negative_prompt: str = DEMO_NEGATIVE_PROMPT
     ratio: float = 0.6               # fraction of a preset's demo path the frames cover (demo slider: 0.1)
     scale: float = 1.0               # preset translation scale (demo slider)
     source_fps: float = 29.97        # RealEstate10K's frame rate: fps condition and playback rate (spec §7.1)

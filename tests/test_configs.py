@@ -17,7 +17,7 @@ VARIANTS = ("cami2v", "cameractrl", "motionctrl")
 
 def test_preset_names_are_the_documented_ones():
     assert set(PRESETS) == {"cami2v-256", "cami2v-512", "cameractrl-256", "motionctrl-256", "dynamicrafter-256",
-                            "dynamicrafter-512", "tiny"}
+                            "dynamicrafter-512", "realcam-i2v-256", "realcam-i2v-512", "tiny"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -72,6 +72,8 @@ def test_tiny_preset_does_not_read_the_fixture_folder():
     ("motionctrl-256", "eps", False, True, "fs", 3, (256, 256)),
     ("dynamicrafter-256", "eps", False, True, "fs", 3, (256, 256)),
     ("cami2v-512", "v", True, False, "fps", 10, (320, 512)),
+    ("realcam-i2v-256", "eps", False, True, "fs", 3, (256, 256)),
+    ("realcam-i2v-512", "v", True, False, "fps", 10, (320, 512)),
     ("dynamicrafter-512", "v", True, False, "fps", 10, (320, 512)),
 ])
 def test_full_size_preset_settings(name, prediction, zsnr, alpha, fs_type, default_fs, resolution):
@@ -93,13 +95,22 @@ def test_epipolar_strides_of_the_cami2v_presets():
 
 def test_camera_parts_match_the_key_manifests():
     # keys/README.md: pose encoder only in CamI2V / CameraCtrl, epipolar only in CamI2V, pose_dim 12 for MotionCtrl.
-    for name in ("cami2v-256", "cami2v-512", "cameractrl-256", "motionctrl-256", "dynamicrafter-256"):
-        manifest = load_json(f"{name.replace('-', '_')}.json", base=KEYS_DIR)
+    for name in ("cami2v-256", "cami2v-512", "cameractrl-256", "motionctrl-256", "dynamicrafter-256",
+                 "realcam-i2v-256", "realcam-i2v-512"):
+        manifest = load_json(f"{name.replace('-', '_').replace('realcam_i2v', 'cami2v')}.json", base=KEYS_DIR)
         cfg = PRESETS[name]
         assert (cfg.pose_encoder is not None) == any(k.startswith("pose_encoder.") for k in manifest)
         assert (cfg.epipolar is not None) == any(".epipolar." in k for k in manifest)
     cc = load_json("motionctrl_256.json", base=KEYS_DIR)["model.diffusion_model.init_attn.0.transformer_blocks.0.cc_projection.weight"]
     assert cc[1] - cc[0] == PRESETS["motionctrl-256"].pose_dim == 12
+
+
+def test_translation_unit_is_checked_and_old_headers_read_as_relative():
+    with pytest.raises(ConfigError, match="translation_unit must be one of 'relative', 'metre'"):
+        PRESETS["cami2v-256"].replace(translation_unit="feet")
+    old = {k: v for k, v in PRESETS["cami2v-256"].to_dict().items()
+           if k != "translation_unit"}
+    assert ModelConfig.from_dict(old) == PRESETS["cami2v-256"]  # a header written before these fields existed
 
 
 def test_invalid_values_name_the_field_and_choices():
