@@ -91,13 +91,46 @@ class Workflow:
         src["outputs"][slot]["links"].append(link_id)
         self.links.append([link_id, src["id"], slot, dst["id"], target, kind])
 
-    def write(self, name: str, note: str, camera=None) -> None:
+    def note(self, pos, text: str, size=(420, 200), title: str = "Read me") -> dict:
+        """A Note node (frontend-only: ComfyUI never executes it) explaining what to change."""
+        node = {"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "title": title,
+                "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+        self.nodes.append(node)
+        return node
+
+    def view(self, screen=(1600, 900), margin: int = 40) -> dict:
+        """The saved view (extra.ds): the whole graph in a laptop-sized window, top-left corner in sight."""
+        x0 = min(n["pos"][0] for n in self.nodes)
+        y0 = min(n["pos"][1] for n in self.nodes)
+        x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
+        y1 = max(n["pos"][1] + n["size"][1] for n in self.nodes)
+        scale = round(min(1.0, (screen[0] - 2 * margin) / (x1 - x0), (screen[1] - 2 * margin) / (y1 - y0)), 2)
+        return {"scale": scale, "offset": [margin / scale - x0, margin / scale - y0 + 40]}
+
+    def write(self, name: str, description: str, camera=None) -> None:
+        """example_workflows/<name>.json (the template browser shows the file name as its title) and its thumbnail."""
+        models = [m for n in self.nodes for m in n["properties"].get("models", [])]
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {"cami2v_note": note}, "version": 0.4}
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": self.view(), "cami2v_description": description}, "version": 0.4}
+        if models:
+            data["models"] = models
         (OUT / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
         if camera is not None:  # the template thumbnail: the workflow's camera path, drawn by the preview code
-            picture = tj.draw_path(camera, size=(512, 256), title=note.split(":")[0][:60])
+            picture = tj.draw_path(camera, size=(512, 256), title=name.split(",")[0][:60])
             picture.convert("RGB").save(OUT / f"{name}.jpg", quality=88)
+
+
+def loader(wf: Workflow, pos, ckpt_name: str, title: str | None = None) -> dict:
+    """A model loader; a release checkpoint carries its download metadata, so the frontend can offer it."""
+    from nodes.nodes_model import release_download
+
+    node = wf.add("CamI2VModelLoader", pos, title=title, ckpt_name=ckpt_name)
+    download = release_download(ckpt_name)
+    if download is not None:
+        node["properties"]["models"] = [download]
+    return node
 
 
 def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefix: str, **sampler) -> None:
@@ -116,24 +149,43 @@ def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefi
     wf.connect(v, "VIDEO", save, "video")
 
 
+QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
+CUSTOM_JSON = "CamI2V custom camera path from pose JSON, previewed (256 model)"
+VERSUS = "CamI2V vs CameraCtrl, one picture and camera path through both (256 models)"
+
+MODEL_NOTE = ("Model: {what}\n\nThe loader lists the authors' release files by name; one that is not in "
+              "models/cami2v yet is downloaded only when you switch on download_missing (or when you accept "
+              "ComfyUI's missing-model dialog). README > Models has the table.")
+PICTURE_NOTE = ("Your picture: load any photo here (any size; the sampler's fit input says how another shape meets "
+                "the model's frame). Describe it in the sampler's prompt.")
+
+
 def main(bundled_frames: int = 8) -> None:
     OUT.mkdir(exist_ok=True)
+    for old in OUT.glob("*.json"):  # names are titles: drop files of renamed templates
+        old.unlink()
+        old.with_suffix(".jpg").unlink(missing_ok=True)
     from nodes.nodes_model import BUNDLED_CHOICE
 
     # 1. The quick start: bundled tiny model, orbit, runs on a laptop CPU.
     wf = Workflow()
     image = wf.add("LoadImage", (20, 40), image="example.png")
-    model = wf.add("CamI2VModelLoader", (20, 420), ckpt_name=BUNDLED_CHOICE)
+    model = loader(wf, (20, 420), BUNDLED_CHOICE)
     cam = wf.add("CamI2VCameraOrbit", (380, 420), direction="left", degrees=30.0, distance=3.0,
                  frames=bundled_frames)
     sampler_chain(wf, model, image, cam, 40, "a cosy room", "cami2v/orbit", steps=10)
-    wf.write("cami2v_orbit_quickstart", "Orbit left: picture -> CamI2V sampler -> video, with the bundled tiny model.",
+    wf.note((380, 640), "Start here: press Queue. The bundled tiny model (64x64, 8 frames) makes a short video on a "
+            "CPU in seconds; it was trained on synthetic rooms, so expect a rough picture that moves along the "
+            "camera.\n\nChange the move in the Camera Orbit node (direction, degrees), or swap it for any CamI2V "
+            "camera node. For real pictures, pick 256_cami2v.pt in the loader (a GPU helps).", size=(360, 260))
+    wf.note((20, 640), PICTURE_NOTE, size=(340, 140), title="Picture")
+    wf.write(QUICKSTART, "Orbit left: picture -> CamI2V sampler -> video, with the bundled tiny model.",
              tj.orbit("left", 30.0, 3.0, bundled_frames))
 
     # 2. A custom pose-JSON trajectory with its preview (real CamI2V 256 checkpoint, 16 frames).
     wf = Workflow()
     image = wf.add("LoadImage", (20, 40), image="example.png")
-    model = wf.add("CamI2VModelLoader", (20, 420), ckpt_name="256_cami2v.pt")
+    model = loader(wf, (20, 420), "256_cami2v.pt")
     cam = wf.add("CamI2VCameraFromText", (380, 420))
     fit = wf.add("CamI2VCameraRetime", (380, 700), frames=16, ease="ease_in_out")
     wf.connect(cam, "poses", fit, "poses")
@@ -146,9 +198,15 @@ def main(bundled_frames: int = 8) -> None:
     wf.connect(prev, "warped_frames", anim, "images")
     sampler_chain(wf, model, image, fit, 40, "a living room, sunny afternoon", "cami2v/custom_path", steps=25,
                   cfg_text=7.5, cfg_image=7.5)
+    wf.note((20, 640), MODEL_NOTE.format(what="CamI2V 256 (256_cami2v.pt, 16 frames at 256x256)."),
+            size=(340, 200), title="Model")
+    wf.note((20, 860), "Camera: paste your own path into Camera From Text: pose JSON (README > Camera paths), "
+            "RealEstate10K lines, or a CAMERACTRL_POSES list. Retime spreads it over the model's 16 frames; the "
+            "Preview draws it and warps your picture along it before you spend a sampling run.",
+            size=(340, 200), title="Camera path")
     from nodes.nodes_camera import EXAMPLE_JSON
 
-    wf.write("cami2v_custom_pose_json", "Custom pose JSON: typed in the node, retimed to 16 frames, previewed, sampled.",
+    wf.write(CUSTOM_JSON, "Custom pose JSON: typed in the node, retimed to 16 frames, previewed, sampled.",
              tj.resample(tj.load(EXAMPLE_JSON), 16))
 
     # 3. CamI2V vs CameraCtrl on the same picture and path.
@@ -156,10 +214,14 @@ def main(bundled_frames: int = 8) -> None:
     image = wf.add("LoadImage", (20, 40), image="example.png")
     cam = wf.add("CamI2VCameraPreset", (20, 420), preset="orbit left", frames=16, ratio=0.6, scale=1.0)
     for row, (ckpt, label) in enumerate((("256_cami2v.pt", "cami2v"), ("256_cameractrl.pt", "cameractrl"))):
-        model = wf.add("CamI2VModelLoader", (380, 40 + 520 * row), ckpt_name=ckpt, title=f"{label} model")
+        model = loader(wf, (380, 40 + 520 * row), ckpt, title=f"{label} model")
         sampler_chain(wf, model, image, cam, 40 + 520 * row, "a garden with a fountain", f"cami2v/vs_{label}",
                       steps=25, seed=12333)
-    wf.write("cami2v_vs_cameractrl", "CamI2V vs CameraCtrl: the same picture and camera through both models.",
+    wf.note((20, 640), "Same picture, same camera, same seed through CamI2V (top) and its CameraCtrl baseline "
+            "(bottom): CamI2V's epipolar attention keeps the scene consistent as the camera moves. Change the "
+            "preset once and both rows follow.\n\n" + MODEL_NOTE.format(what="256_cami2v.pt and 256_cameractrl.pt."),
+            size=(340, 320), title="Read me")
+    wf.write(VERSUS, "CamI2V vs CameraCtrl: the same picture and camera through both models.",
              tj.preset("orbit left", 16, 0.6, 1.0))
 
 
