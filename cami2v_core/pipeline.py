@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from . import camera as camera_maths
 from . import settings
 from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
@@ -187,11 +188,7 @@ def intrinsics_from_normalized(intrinsics, prepared: PreparedImage) -> torch.Ten
     if norm.ndim != 2 or norm.shape[-1] != 4:
         raise PipelineError(f"intrinsics must be [T,4] normalised (fx, fy, cx, cy); got shape {tuple(norm.shape)}")
     (rh, rw), (height, width) = prepared.resized_hw, prepared.size
-    # Focal lengths scale with the resized picture, the principal point with the crop (as the original's dataset).
-    fx, fy, cx, cy = norm[:, 0] * rw, norm[:, 1] * rh, norm[:, 2] * width, norm[:, 3] * height
-    K = torch.zeros(norm.shape[0], 3, 3)
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
-    return K
+    return camera_maths.normalized_to_pixel_intrinsics(norm, height, width, rh, rw).float()
 
 
 # -- trajectories --------------------------------------------------------------------------------------------------

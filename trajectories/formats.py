@@ -132,6 +132,16 @@ def to_realestate10k(trajectory: Trajectory, url: str = DEFAULT_URL) -> str:
 
 def from_realestate10k(text: str) -> Trajectory:
     """RealEstate10K pose text -> Trajectory (aspect = fy / fx of the first frame, i.e. square pixels)."""
+    values = realestate10k_rows(text, max_rows=MAX_FRAMES)
+    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_focal(values[0, 1:5]))
+
+
+def realestate10k_rows(text: str, max_rows: int | None = None) -> np.ndarray:
+    """The pose lines of RealEstate10K text as numbers [N,19] (timestamp fx fy cx cy k1 k2 w2c 3x4 row-major).
+
+    The one parser of the format: the camera-path reader above and the training data reader both use it. Blank
+    lines and the clip's URL line are skipped; anything else that is not 19 finite numbers is an error naming the
+    line."""
     text = _check_text(text)
     rows = []
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -139,8 +149,8 @@ def from_realestate10k(text: str) -> Trajectory:
         if not words or words[0].lower().startswith("http"):
             continue  # blank, or the clip URL (the demo skips lines starting with "https" as comments)
         frame = len(rows)
-        if frame >= MAX_FRAMES:
-            raise TrajectoryError(f"more than {MAX_FRAMES} pose lines; resample the path first")
+        if max_rows is not None and frame >= max_rows:
+            raise TrajectoryError(f"more than {max_rows} pose lines; resample the path first")
         if len(words) != POSE_VALUES:
             raise TrajectoryError(f"line {line_no} has {len(words)} values; RealEstate10K pose lines have "
                                   f"{POSE_VALUES}: timestamp fx fy cx cy k1 k2 and the 3x4 world-to-camera matrix "
@@ -159,8 +169,7 @@ def from_realestate10k(text: str) -> Trajectory:
     if not rows:
         raise TrajectoryError("no pose lines found; RealEstate10K text has a URL line, then one line of "
                               f"{POSE_VALUES} numbers per frame")
-    values = np.array(rows)
-    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_focal(values[0, 1:5]))
+    return np.array(rows, dtype=np.float64)
 
 
 # -- pose JSON -------------------------------------------------------------------------------------------------
