@@ -32,6 +32,7 @@ from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
 from .errors import CamI2VError
 from .settings import DEFAULTS
+from .video_io import load_rgb
 
 # The gradio demo's prompts (spec §6.5 step 5), defined with the presets whose defaults they are.
 DEMO_NEGATIVE_PROMPT = settings.DEMO_NEGATIVE_PROMPT
@@ -67,7 +68,7 @@ class PreparedImage:
 def image_to_uint8(image) -> torch.Tensor:
     """A picture (PIL image, uint8 or 0..1 float array/tensor [H,W,C] or [1,H,W,C]) -> uint8 [3,H,W] on the CPU."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        image = np.array(image.convert("RGB"))
+        image = load_rgb(image)
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.array(image, copy=True))
     if not isinstance(image, torch.Tensor):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import trajectories as tj
+from cami2v_core.video_io import load_rgb
 
 from . import comfy_bridge
 
@@ -321,8 +322,8 @@ class CamI2VCameraPreview:
 
 
 def pil_to_image(img) -> torch.Tensor:
-    """PIL RGB image -> IMAGE [1,H,W,3] float 0..1."""
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    """PIL image -> IMAGE [1,H,W,3] float 0..1."""
+    return torch.from_numpy(load_rgb(img).astype(np.float32) / 255.0)[None]
 
 
 EXAMPLE_JSON = json.dumps({"frames": [

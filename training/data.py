@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from cami2v_core.camera import normalized_to_pixel_intrinsics
 from cami2v_core.errors import CamI2VError
+from cami2v_core.video_io import MediaError, load_rgb
 from trajectories import TrajectoryError
 from trajectories.formats import realestate10k_rows
 
@@ -113,13 +114,11 @@ def read_frames(clip_path: Path, indices: np.ndarray) -> tuple[torch.Tensor, flo
         files = sorted(p for p in clip_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) <= int(indices.max()):
             raise ClipError(f"{clip_path}: {len(files)} frames, need index {int(indices.max())}")
-        from PIL import Image
         out = []
         for i in indices:
             try:
-                with Image.open(files[int(i)]) as im:
-                    out.append(np.asarray(im.convert("RGB")))
-            except OSError as e:
+                out.append(load_rgb(files[int(i)]))
+            except MediaError as e:
                 raise ClipError(f"{files[int(i)]}: unreadable frame: {e}") from e
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2), None
     return _read_video(clip_path, indices)
