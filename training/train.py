@@ -274,13 +274,17 @@ class DiffusionObjective(nn.Module):
         vae = self.net.first_stage_model
         if self.latent_cache is None or "frame_indices" not in batch:
             return vae.encode(frames.to(self.net.dtype))
-        t_len = batch["frame_indices"].shape[1]
         keys = [(cid, int(i)) for cid, row in zip(batch["clip_id"], batch["frame_indices"].tolist()) for i in row]
-        missing = [n for n, k in enumerate(keys) if k not in self.latent_cache]
-        if missing:
-            mean, logvar = vae.encode(frames[missing].to(self.net.dtype))
-            for n, m, lv in zip(missing, mean, logvar):
-                self.latent_cache[keys[n]] = (m.detach(), lv.detach())
+        first = {}
+        for n, k in enumerate(keys):
+            if k not in self.latent_cache:
+                first.setdefault(k, n)
+        # One frame per encoder call: a convolution's last bits depend on the batch it runs in (oneDNN blocks by
+        # batch size), so frames encoded together with whatever else happened to be missing would make the cache,
+        # and every later step, depend on the run's history, and a resumed run (empty cache) would drift by ~1e-7.
+        for k, n in first.items():
+            mean, logvar = vae.encode(frames[n:n + 1].to(self.net.dtype))
+            self.latent_cache[k] = (mean[0].detach(), logvar[0].detach())
         mean = torch.stack([self.latent_cache[k][0] for k in keys])
         logvar = torch.stack([self.latent_cache[k][1] for k in keys])
         return mean, logvar
@@ -290,10 +294,9 @@ class DiffusionObjective(nn.Module):
         if self.text_cache is None:
             return self.net.encode_text(captions)
         missing = list(dict.fromkeys(c for c in captions if c not in self.text_cache))
-        if missing:
-            with torch.no_grad():
-                for c, e in zip(missing, self.net.encode_text(missing)):
-                    self.text_cache[c] = e.detach()
+        with torch.no_grad():
+            for c in missing:  # one caption per call, for the same reason as the frames in _moments
+                self.text_cache[c] = self.net.encode_text([c])[0].detach()
         return torch.stack([self.text_cache[c] for c in captions])
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
