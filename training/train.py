@@ -452,8 +452,8 @@ class Checkpointer:
         self.rank, self.world, self.keep_last, self.save_dtype = rank, world, keep_last, save_dtype
 
     def save(self, step: int, model: CamI2VModel, trainer_state: dict, ema: dict | None,
-             full_state: dict | None = None) -> Path:
-        """Write checkpoints/step_<step>/ atomically; every rank contributes its RNG file."""
+             full_state: dict | None = None, rank_state: dict | None = None) -> Path:
+        """Write checkpoints/step_<step>/ atomically; every rank contributes its RNG file (+ `rank_state`)."""
         name = f"step_{step:08d}"
         final = self.dir / name
         tmp = self.dir / f".tmp-{name}"
@@ -463,7 +463,7 @@ class Checkpointer:
                 shutil.rmtree(tmp)  # a leftover of a crash during an earlier save of this step
             tmp.mkdir()
         barrier(self.world)
-        _atomic_torch_save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        _atomic_torch_save(dict(rng_state(), **(rank_state or {})), tmp / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
             sd = full_state if full_state is not None else export_state_dict(model, None)
             meta = {CONFIG_METADATA_KEY: model.config.to_json(), "format": "cami2v-training",
@@ -495,13 +495,14 @@ class Checkpointer:
         for old in done[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load_rng(self, path: Path) -> bool:
-        """Restore this rank's RNG states if the checkpoint has them (same world size)."""
+    def load_rng(self, path: Path) -> dict | None:
+        """Restore this rank's RNG states if the checkpoint has them (same world size); returns the rank's file."""
         f = path / f"rng_rank{self.rank}.pt"
         if not f.is_file():
-            return False
-        set_rng_state(torch.load(f, map_location="cpu", weights_only=True))
-        return True
+            return None
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        set_rng_state(state)
+        return state
 
 
 def _cast_sd(sd: dict, dtype: torch.dtype | None) -> dict:
@@ -515,7 +516,7 @@ def _cast_sd(sd: dict, dtype: torch.dtype | None) -> dict:
 class MetricLogger:
     """Rank-0 metrics: metrics.jsonl always, TensorBoard when installed and enabled."""
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, resumed_at: int | None = None):
         self.enabled = enabled
         self.file = None
         self.tb = None
@@ -525,7 +526,9 @@ class MetricLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+                # purge_step drops the events a killed run wrote after the checkpoint it is resumed from
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"),
+                                        purge_step=None if resumed_at is None else resumed_at + 1)
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to metrics.jsonl only")
 
@@ -544,6 +547,34 @@ class MetricLogger:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Rewrite metrics.jsonl (atomically) with only the rows of steps <= `step`; returns the rows dropped.
+
+    A run killed after its last checkpoint logged steps that the resumed run logs again. Where a step appears
+    twice (a file written before this rule), the later row is the one of the run that reached the checkpoint.
+    A line that is not JSON can only be a row half-written when the process died, after the checkpoint.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    rows: dict = {}  # step (or line number for rows without one) -> line, in file order of the kept row
+    for n, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        at = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(at, (int, float)):
+            rows[("line", n)] = line
+        elif at <= step:
+            rows.pop(at, None)
+            rows[at] = line
+    if len(rows) == len(lines):
+        return 0
+    _atomic_write_text(path, "".join(line + "\n" for line in rows.values()))
+    return len(lines) - len(rows)
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -640,11 +671,14 @@ def train(cfg: DictConfig) -> dict:
     save_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[str(tc.save_dtype)]
     ckpt = Checkpointer(out_dir, rank, world, int(tc.keep_last), save_dtype)
     start = 0
+    window: list[float] = []  # this rank's losses since the last logged step
     resume_from = find_checkpoint(out_dir, tc.resume)
     if resume_from is not None:
-        start = _resume(resume_from, model, wrapped, optimizer, scheduler, scaler, ema, ckpt, tc)
+        start, window = _resume(resume_from, model, wrapped, optimizer, scheduler, scaler, ema, ckpt, tc)
         if rank == 0:
-            log.info("resumed from %s at step %d", resume_from, start)
+            dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
+            log.info("resumed from %s at step %d%s", resume_from, start,
+                     f" ({dropped} rows after it dropped from metrics.jsonl)" if dropped else "")
     if rank == 0:
         _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("model %s, %d trainable parameters of %d, world size %d, device %s", model_cfg.variant, n_train,
@@ -658,7 +692,8 @@ def train(cfg: DictConfig) -> dict:
     def batches_for(step: int, micro: int) -> dict:
         return collate([dataset[k] for k in sampler.keys_for_step(step * accum + micro)])
 
-    metrics = MetricLogger(out_dir, rank == 0, bool(tc.tensorboard))
+    metrics = MetricLogger(out_dir, rank == 0, bool(tc.tensorboard),
+                           resumed_at=start if resume_from is not None else None)
     bar = None
     if rank == 0 and tc.progress:
         try:
@@ -667,7 +702,6 @@ def train(cfg: DictConfig) -> dict:
         except ImportError:
             bar = None
     last: dict = {}
-    window: list[float] = []
     t0 = time.time()
     step = start
     try:
@@ -721,7 +755,7 @@ def train(cfg: DictConfig) -> dict:
             if bar is not None:
                 bar.update(1)
             if step % int(tc.save_every) == 0 or step == int(tc.max_steps):
-                _save(ckpt, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world)
+                _save(ckpt, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world, window)
     finally:
         if bar is not None:
             bar.close()
@@ -760,7 +794,11 @@ def _trainer_state(step, optimizer, scheduler, scaler, ema) -> dict:
             "scaler": scaler.state_dict(), "ema": ema}
 
 
-def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world) -> None:
+def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world,
+          window: list[float]) -> None:
+    # The losses since the last logged step are per rank: the next logged mean must average the same steps as
+    # an uninterrupted run's, whatever step the checkpoint fell on.
+    rank_state = {"loss_window": [float(x) for x in window]}
     if world > 1 and tc.distributed == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -771,13 +809,14 @@ def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler
             ema_full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in ema.items()}
         state = {"step": step, "optimizer_full": osd, "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "ema": ema_full}
-        ckpt.save(step, model, state, ema_full, full_state=full)
+        ckpt.save(step, model, state, ema_full, full_state=full, rank_state=rank_state)
     else:
-        ckpt.save(step, model, _trainer_state(step, optimizer, scheduler, scaler, ema), ema)
+        ckpt.save(step, model, _trainer_state(step, optimizer, scheduler, scaler, ema), ema, rank_state=rank_state)
 
 
-def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt: Checkpointer, tc) -> int:
-    """Restore model, optimizer, scheduler, scaler, EMA, RNG; returns the step to continue from."""
+def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt: Checkpointer,
+            tc) -> tuple[int, list[float]]:
+    """Restore model, optimizer, scheduler, scaler, EMA, RNG; returns (step to continue from, loss window)."""
     sd, meta = load_state_dict(path / "model.safetensors")
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     distributed_fsdp = tc.distributed == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
@@ -801,10 +840,12 @@ def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt:
                 ema[k] = distribute_tensor(v.to(ema[k].dtype), ema[k].device_mesh, ema[k].placements)
             else:
                 ema[k].copy_(v)
-    if not ckpt.load_rng(path):
+    own_state = ckpt.load_rng(path)
+    if own_state is None:
         log.warning("%s has no RNG state for rank %d (different world size); per-step seeding still makes the "
                     "data and noise reproducible", path, ckpt.rank)
-    return int(state["step"])
+        own_state = {}
+    return int(state["step"]), [float(x) for x in own_state.get("loss_window", [])]
 
 
 def main(argv: list[str] | None = None) -> int:
