@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -245,6 +246,132 @@ def initialise(model: CamI2VModel, init: str | None, parts: list[str]) -> None:
                     p.zero_()
                     if p.dim() == 2:
                         p[:, :p.shape[0]].copy_(torch.eye(p.shape[0], dtype=p.dtype))
+
+
+# -- a fresh clone's first run ------------------------------------------------------------------------------------
+
+# VAE files that the shipped synthetic configs name: stage 1's output (tiny_synthetic.yaml) and the bundled model's
+# VAE copied out (compare_*.yaml). Where one is missing and the model's VAE has the bundled model's architecture,
+# the bundled model's VAE is written to BUNDLED_VAE and used instead, so the first command of training/README.md
+# runs on a fresh clone. Any other missing VAE file is an error that names the command making it.
+SHIPPED_VAE_FILES = ("runs/vae/vae.safetensors", "runs/vae_bundled/vae.safetensors")
+BUNDLED_VAE = "runs/vae_bundled/vae.safetensors"
+# The shipped configs' synthetic data set and training/README.md's settings for it (step 1 of the bundled model);
+# rendered with exactly these when it is missing, so the README's own command later finds it complete.
+SYNTHETIC_ROOT = "runs/synth64"
+SYNTHETIC_SETTINGS = {"scenes": 300, "seed": 0, "frames": 16, "height": 64, "width": 64, "split": "train"}
+
+
+def _same_path(a, b) -> bool:
+    return os.path.normpath(str(a)) == os.path.normpath(str(b))
+
+
+def synthetic_command(root, settings: dict = SYNTHETIC_SETTINGS) -> str:
+    """The `python -m training.synthetic` command that renders `settings` into `root`."""
+    s = settings
+    return (f"python -m training.synthetic --out {root} --scenes {s['scenes']} --seed {s['seed']} "
+            f"--frames {s['frames']} --size {s['height']} {s['width']} --split {s['split']}")
+
+
+def _data_missing(d) -> bool:
+    """True when data.root has no clip list for data.split (nothing there, or an interrupted render)."""
+    return bool(d.root) and not (Path(str(d.root)) / f"{d.split}_valid_list.txt").is_file()
+
+
+def _renders_synthetic(d) -> bool:
+    """True when the missing data set is the shipped configs' synthetic one, which train() renders itself."""
+    root = Path(str(d.root))
+    return (_same_path(root, SYNTHETIC_ROOT) and d.split == SYNTHETIC_SETTINGS["split"]
+            and (not root.exists() or (root / "manifest.json").is_file()))
+
+
+def _bundled_vae_fits(section) -> bool:
+    """True when the bundled model exists and its VAE has the architecture of this config's model."""
+    from cami2v_core.bundled import bundled_model_path
+    from cami2v_core.checkpoint import read_safetensors_header
+    bundled = bundled_model_path()
+    if bundled is None:
+        return False
+    theirs = json.loads(read_safetensors_header(bundled)[1][CONFIG_METADATA_KEY])["first_stage"]
+    ours = model_config_from_section(OmegaConf.merge(section, {"scale_factor_from": None})).first_stage
+    return json.loads(json.dumps(ours)) == theirs  # tuples -> lists, as in the header
+
+
+def supply_vae(cfg: DictConfig, rank: int, world: int, config_path: str | None = None) -> DictConfig:
+    """`cfg` with a missing shipped VAE file replaced by the bundled model's VAE, or a TrainConfigError naming
+    the command that trains the missing file."""
+    m = cfg.model
+    refs = [("init_parts", str(p)) for p in (m.init_parts or [])]
+    if m.scale_factor_from:
+        refs.append(("scale_factor_from", str(m.scale_factor_from)))
+    missing = {p for _, p in refs if not Path(p).is_file()}
+    if not missing:
+        return cfg
+    if not all(any(_same_path(p, f) for f in SHIPPED_VAE_FILES) for p in missing) or not _bundled_vae_fits(m):
+        key, path = next((k, p) for k, p in refs if p in missing)
+        data = cfg.data.root or "DATA"
+        first = (f"render the data with `{synthetic_command(data)}`, then "
+                 if cfg.data.root and _data_missing(cfg.data) and _renders_synthetic(cfg.data) else "")
+        raise TrainConfigError(
+            f"the VAE file {path} (model.{key}) does not exist: {first}train it with `python -m training.train_vae "
+            f"--data {data} --model {config_path or m.preset} --out {path}` (options: training/README.md), or start "
+            "from a random VAE with model.init_parts=[] model.scale_factor_from=null")
+    if rank == 0 and not Path(BUNDLED_VAE).is_file():
+        from cami2v_core.bundled import BUNDLED_MODEL
+        from training.export import export_vae
+        export_vae(BUNDLED_MODEL, Path(BUNDLED_VAE), "fp32")  # the same tensors and latent_std as the bundled model
+    barrier(world)
+    if rank == 0:
+        log.info("%s does not exist: using the bundled model's VAE, %s (train your own with `python -m "
+                 "training.train_vae`, training/README.md)", " and ".join(sorted(missing)), BUNDLED_VAE)
+    cfg = copy.deepcopy(cfg)
+    cfg.model.init_parts = [BUNDLED_VAE if str(p) in missing else str(p) for p in (m.init_parts or [])]
+    if m.scale_factor_from and str(m.scale_factor_from) in missing:
+        cfg.model.scale_factor_from = BUNDLED_VAE
+    return cfg
+
+
+def supply_data(cfg: DictConfig, model_cfg: ModelConfig, rank: int, world: int) -> None:
+    """Render the shipped synthetic data set when it is missing; any other missing data.root is a
+    TrainConfigError naming the command that makes it."""
+    d = cfg.data
+    if not _data_missing(d):
+        return
+    root = Path(str(d.root))
+    if not _renders_synthetic(d):
+        if root.exists():
+            return  # a folder of clips without a list file: the loader reads valid_metadata/ itself
+        h, w = (d.resolution or model_cfg.resolution)
+        settings = dict(SYNTHETIC_SETTINGS, frames=max(16, int(d.video_length or model_cfg.temporal_length)),
+                        height=h, width=w, split=d.split)
+        raise TrainConfigError(f"data.root {root} does not exist: render a synthetic data set with "
+                               f"`{synthetic_command(root, settings)}`, or convert RealEstate10K with `python -m "
+                               f"training.preprocess --out {root} --split {d.split} ...` (training/README.md)")
+    if rank == 0:
+        _render_synthetic(root)
+    barrier(world)
+
+
+def _render_synthetic(root: Path) -> None:
+    """Render SYNTHETIC_SETTINGS into root with one progress line on stderr."""
+    from training.synthetic import generate
+    s = SYNTHETIC_SETTINGS
+    log.info("%s has no training clips: rendering them first (`%s`; 300 scenes take a few minutes on 2 CPU "
+             "cores, and an interrupted render continues where it stopped)", root, synthetic_command(root))
+    tty = sys.stderr.isatty()
+    done = 0
+
+    def progress(_line: str) -> None:
+        nonlocal done
+        done += 1
+        if tty:
+            print(f"\rrendering {root}: {done}/{s['scenes']} scenes", end="\n" if done == s["scenes"] else "",
+                  file=sys.stderr, flush=True)
+        elif done == s["scenes"] or done % max(1, s["scenes"] // 10) == 0:
+            print(f"rendering {root}: {done}/{s['scenes']} scenes", file=sys.stderr, flush=True)
+
+    generate(root, s["scenes"], s["seed"], s["frames"], s["height"], s["width"], split=s["split"],
+             workers=max(1, min(4, os.cpu_count() or 1, s["scenes"])), log=progress)
 
 
 # -- the loss -----------------------------------------------------------------------------------------------------
@@ -601,24 +728,33 @@ def build_dataset(cfg: DictConfig, model_cfg: ModelConfig):
     if not d.root:
         raise TrainConfigError("data.root is not set: give the dataset folder, e.g. data.root=runs/synth64 "
                                "(render one with `python -m training.synthetic`)")
-    return RealEstate10KDataset(d.root, d.split, video_length=d.video_length or model_cfg.temporal_length,
-                                resolution=tuple(d.resolution or model_cfg.resolution),
-                                frame_stride=tuple(d.frame_stride), max_clips=d.max_clips)
+    try:
+        return RealEstate10KDataset(d.root, d.split, video_length=d.video_length or model_cfg.temporal_length,
+                                    resolution=tuple(d.resolution or model_cfg.resolution),
+                                    frame_stride=tuple(d.frame_stride), max_clips=d.max_clips)
+    except FileNotFoundError as e:  # no clips there: the message says how to make them
+        raise TrainConfigError(str(e)) from None
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run (or resume) a training run; returns the last logged metrics and the run's paths."""
+def train(cfg: DictConfig, config_path: str | None = None) -> dict:
+    """Run (or resume) a training run; returns the last logged metrics and the run's paths.
+
+    A missing VAE or synthetic data set of the shipped synthetic configs is supplied first (supply_vae,
+    supply_data); `config_path` only makes the error for other missing files name the exact command."""
     tc = cfg.train
     rank, world, local, device = setup_distributed(tc.device)
     if tc.threads and device.type == "cpu":
         torch.set_num_threads(int(tc.threads))
     out_dir = Path(tc.output_dir)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    barrier(world)
-
+    # Inputs first: a config that cannot run leaves no empty run folder behind.
+    cfg = supply_vae(cfg, rank, world, config_path)
     model_cfg = model_config_from_section(cfg.model)
+    supply_data(cfg, model_cfg, rank, world)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier(world)
     torch.manual_seed(int(tc.seed))  # identical initial weights on every rank
     model = build_model(model_cfg, device=device)
     initialise(model, cfg.model.init, list(cfg.model.init_parts or []))
@@ -859,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg)
+        train(cfg, args.config)
     except CamI2VError as e:  # any error the user can act on (config, data, checkpoint), in one line
         print(f"error: {e}", file=sys.stderr)
         return 2
