@@ -138,6 +138,9 @@ def test_readme_first_command_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsy
     from cami2v_core.bundled import BUNDLED_MODEL
     from cami2v_core.checkpoint import read_safetensors_header
     from cami2v_core.model import load_model
+    from training.synthetic import _parser, generate
+    # what the first run renders is the bundled model's step 1, so that command later finds it complete
+    assert T.synthetic_command(T.SYNTHETIC_ROOT) in (ROOT / "training" / "README.md").read_text()
     argv = _readme_first_command()
     assert argv[:2] == ["--config", "training/configs/tiny_synthetic.yaml"]
     assert any(a.startswith("max_steps=") for a in argv), "the first command must stay short (max_steps=...)"
@@ -150,6 +153,9 @@ def test_readme_first_command_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsy
     assert "rendering runs/synth64: 2/2 scenes" in err
     clips = (tmp_path / "runs" / "synth64" / "train_valid_list.txt").read_text().split()
     assert len(clips) == 2 * 2  # 2 scenes x 2 clips
+    a = _parser().parse_args(shlex.split(T.synthetic_command(T.SYNTHETIC_ROOT))[3:])
+    again = generate(a.out, a.scenes, a.seed, a.frames, *a.size, a.split, supersample=a.supersample, log=None)
+    assert again["clips_rendered"] == 0 and again["clips_skipped"] == 4
     # the VAE is the bundled model's, tensor for tensor, and the run's config records the file it used
     vae_file = tmp_path / T.BUNDLED_VAE
     bundled = load_file(str(BUNDLED_MODEL))

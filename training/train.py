@@ -3,7 +3,7 @@
 Runbook:
 
     # one process (CPU or one GPU)
-    python -m training.train --config training/configs/tiny_synthetic.yaml max_steps=200 output_dir=runs/tiny
+    python -m training.train --config training/configs/tiny_synthetic.yaml max_steps=100 output_dir=runs/tiny
     # one node, 8 GPUs (PyTorch DDP; add train.distributed=fsdp to shard large models)
     torchrun --standalone --nproc_per_node 8 -m training.train --config training/configs/cami2v_256.yaml
     # two nodes: run on each, with the first node's address
@@ -22,7 +22,13 @@ read it directly; `ema.safetensors` the EMA weights (optional); `trainer.pt` the
 and EMA state; `rng_rank<r>.pt` each rank's RNG states. `checkpoints/latest` names the newest one.
 
 Every random draw of a training step (data sample, conditioning frame, dropout, timestep, noise, UNet dropout) is
-seeded from (seed, rank, step), so a resumed run repeats exactly the steps an uninterrupted one would have taken.
+seeded from (seed, rank, step), so a resumed run repeats exactly the steps an uninterrupted one would have taken
+(bit for bit on CPU; training/README.md says what else that needs). On resume `metrics.jsonl` keeps only the rows
+up to the checkpoint's step.
+
+On a fresh clone the first command above renders `runs/synth64` (the synthetic data set) and, since stage 1's
+`runs/vae/vae.safetensors` is missing, trains on the bundled model's VAE (exported to runs/vae_bundled/); see
+supply_vae and supply_data.
 """
 
 from __future__ import annotations
