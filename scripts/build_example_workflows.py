@@ -44,6 +44,19 @@ def is_widget(kind) -> bool:
     return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
+def drawn_size(inputs: dict, node: dict) -> list[int]:
+    """About the size the frontend draws a node at (it grows a saved size that is too small): a title bar, one row
+    per socket row and per widget, more for multiline text and image previews."""
+    rows = max(len(node["inputs"]), len(node["outputs"]))
+    height = 30 + 20 * rows
+    for kind, opts in inputs.values():
+        if is_widget(kind):
+            height += 64 if opts.get("multiline") else 20
+            height += 20 if opts.get("control_after_generate") else 0
+            height += 160 if opts.get("image_upload") else 0
+    return [320, height]
+
+
 class Workflow:
     """A tiny builder for UI-format graphs: add nodes, connect outputs to inputs, write JSON."""
 
@@ -76,6 +89,7 @@ class Workflow:
             raise ValueError(f"{node_type} has no widget(s) {sorted(values)}")
         for slot, (kind, name) in enumerate(zip(outputs, names)):
             node["outputs"].append({"name": name, "type": kind, "links": [], "slot_index": slot})
+        node["size"] = drawn_size(inputs, node)
         self.nodes.append(node)
         return node
 
@@ -99,8 +113,9 @@ class Workflow:
         self.nodes.append(node)
         return node
 
-    def view(self, screen=(1600, 900), margin: int = 40) -> dict:
-        """The saved view (extra.ds): the whole graph in a laptop-sized window, top-left corner in sight."""
+    def view(self, screen=(1530, 820), margin: int = 30) -> dict:
+        """The saved view (extra.ds): the whole graph in a laptop-sized window (1600x900 less the side and top bars),
+        top-left corner in sight."""
         x0 = min(n["pos"][0] for n in self.nodes)
         y0 = min(n["pos"][1] for n in self.nodes)
         x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
@@ -147,6 +162,8 @@ def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefi
     wf.connect(d, "fps", v, "fps")
     save = wf.add("SaveVideo", (1780, y), filename_prefix=prefix)
     wf.connect(v, "VIDEO", save, "video")
+    report = wf.add("PreviewAny", (1120, y + 180), title="what the sampler adapted")
+    wf.connect(s, "report", report, "source")
 
 
 QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
