@@ -221,9 +221,11 @@ def _generate(args) -> int:
         model = load_model(ckpt, device=device, dtype=dtype, config=args.config, base=args.base,
                            search_dirs=args.search_dir or ())
         trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
+        _, unit_note = pipeline.camera_scale(trajectory, model.config.translation_unit, args.trace_scale)
         fit_note = pipeline.describe_fit(tuple(image.shape[:2]), model.config.resolution, args.fit)
-        if fit_note:
-            print(f"note: {fit_note}", file=sys.stderr)
+        for note in (unit_note, fit_note):
+            if note:
+                print(f"note: {note}", file=sys.stderr)
 
         bar = None
         if not args.quiet:

@@ -205,6 +205,33 @@ def trajectory_arrays(trajectory) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(trajectory, dtype=np.float64), None
 
 
+def camera_scale(trajectory, model_unit: str, trace_scale: float = DEFAULTS.trace_scale) -> tuple[float, str | None]:
+    """(the translation factor to sample with, a note) for a path with a unit (`Trajectory.unit`) on a model with
+    its `translation_unit` ("relative" or "metre").
+
+    A metric model (RealCam-I2V) takes a metric path literally and reads any other path as its demo does, 1 unit =
+    0.5 m (settings.REALCAM_METRES_PER_UNIT) x trace_scale; the note says how far the camera moves in metres. A
+    scale-free model (CamI2V and its baselines) takes every path as it is; a metric path gets a note that its size
+    in metres means nothing to it."""
+    path_unit = getattr(trajectory, "unit", None)
+    w2c = trajectory_arrays(trajectory)[0]
+    c2w = np.linalg.inv(w2c)
+    travel = float(np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=-1).sum())
+    if model_unit == "metre":
+        factor = float(trace_scale) * (1.0 if path_unit == "metre" else settings.REALCAM_METRES_PER_UNIT)
+        if path_unit == "metre":
+            return factor, (f"RealCam-I2V reads translations as metres: this metric path moves the camera "
+                            f"{travel * factor:.2f} m (trace_scale {trace_scale:g})")
+        kind = "scale-free (CamI2V's convention, as the demo presets)" if path_unit == "relative" else "unit-less"
+        return factor, (f"this camera path is {kind}; RealCam-I2V reads 1 unit as {settings.REALCAM_METRES_PER_UNIT:g} "
+                        f"m (its demo's) x trace_scale {trace_scale:g}, so the camera moves {travel * factor:.2f} m")
+    if path_unit == "metre":
+        return float(trace_scale), ("this camera path is in metres, but this model is scale-free (CamI2V's "
+                                    "convention): only the path's size relative to the scene matters, so its "
+                                    "metres are read as plain units (RealCam-I2V takes metres)")
+    return float(trace_scale), None
+
+
 def check_w2c(w2c, frames: int) -> torch.Tensor:
     """Validate per-frame world-to-camera matrices [T,4,4] (or [T,3,4]) for a T-frame model -> float32 [1,T,4,4]."""
     w2c = torch.as_tensor(np.array(w2c, dtype=np.float64))
@@ -536,10 +563,13 @@ def generate(model, image, trajectory, prompt: str = "", negative_prompt: str = 
     """Picture + trajectory + prompt -> video frames [T,H,W,3] float32 in 0..1 (CPU).
 
     trajectory: a `trajectories.Trajectory`, a (w2c [T,4,4], intrinsics [T,4]) pair or w2c [T,4,4]. Its intrinsics
-    are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Other keyword arguments go to
-    `sample_latent` (steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
+    are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Its unit meets the model's as
+    `camera_scale` says (RealCam-I2V reads a path that is not metric as 0.5 m per unit, its demo's). Other keyword
+    arguments go to `sample_latent` (steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
     """
     w2c, intrinsics = trajectory_arrays(trajectory)
+    trace_scale, _ = camera_scale(trajectory, model.config.translation_unit,
+                                  sampling_kwargs.pop("trace_scale", DEFAULTS.trace_scale))
     latent = sample_latent(model, image, w2c, intrinsics if use_trajectory_intrinsics else None, prompt,
-                           negative_prompt, offload=offload, **sampling_kwargs)
+                           negative_prompt, offload=offload, trace_scale=trace_scale, **sampling_kwargs)
     return decode_latent(model, latent, decode_chunk, offload=offload)

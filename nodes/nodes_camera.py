@@ -119,9 +119,11 @@ class CamI2VCameraPreset:
                 "preset": (list(tj.PRESETS), {"default": "orbit left", "tooltip": "The demo's named camera "
                            "motions."}),
                 "frames": FRAMES,
-                "ratio": ("FLOAT", {"default": tj.presets.DEFAULT_RATIO, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
+                "ratio": ("FLOAT", {"default": tj.presets.DEFAULT_RATIO,
+                                    "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
                           "of the demo's pose file covered by the video (demo slider default 0.1, gallery 0.6-0.8)."}),
-                "scale": ("FLOAT", {"default": tj.presets.DEFAULT_SCALE, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Multiplies "
+                "scale": ("FLOAT", {"default": tj.presets.DEFAULT_SCALE,
+                                    "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Multiplies "
                           "the translations (the demo's 'scale'; gallery 0.1-0.2 for subtle moves)."}),
             },
             "optional": {"prev_poses": PREV},

@@ -22,8 +22,8 @@ CAMERA_SCHEDULES = ("constant", "cosine")
 log = logging.getLogger("CamI2V")
 
 
-def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """CAMERACTRL_POSES -> (w2c [T,4,4], normalised intrinsics [T,4], note) for a model of `frames` frames.
+def camera_path(camera, frames: int) -> tuple[Trajectory, str | None]:
+    """CAMERACTRL_POSES -> (a Trajectory of `frames` poses, note) for a model of `frames` frames.
 
     A path of another length is resampled over its whole length, as the command line does; `note` says so (None
     when the path fitted as it was)."""
@@ -34,7 +34,7 @@ def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | No
     if note:
         note += (f" (to choose how it is spread instead, put a {node_name('CamI2VCameraRetime')} node set to "
                  f"{frames} frames before the sampler)")
-    return np.asarray(traj.w2c), np.asarray(traj.intrinsics), note
+    return traj, note
 
 
 def single_image(image: torch.Tensor) -> torch.Tensor:
@@ -79,29 +79,39 @@ class CamI2VSampler:
                                     "text)."}),
                 "seed": ("INT", {"default": DEFAULTS.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
                          "tooltip": "Same seed, same video."}),
-                "steps": ("INT", {"default": DEFAULTS.steps, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
-                "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
+                "steps": ("INT", {"default": DEFAULTS.steps,
+                                  "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
+                "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text,
+                                       "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
                              "guidance. Equal to cfg_image gives the original single-scale guidance (no extra "
                              "pass)."}),
-                "cfg_image": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
+                "cfg_image": ("FLOAT", {"default": DEFAULTS.cfg_text,
+                                        "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
                               "guidance. Different from cfg_text adds an image-only pass (slower)."}),
-                "cfg_camera": ("FLOAT", {"default": DEFAULTS.cfg_camera, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
+                "cfg_camera": ("FLOAT", {"default": DEFAULTS.cfg_camera,
+                                         "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
                                "guidance; 1 = off (the paper's setting). Above 1 exaggerates the camera motion at "
                                "the cost of one more pass per step."}),
-                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": DEFAULTS.camera_schedule, "tooltip": "How camera "
+                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": DEFAULTS.camera_schedule,
+                                                             "tooltip": "How camera "
                                     "guidance is weighted over the steps: constant, or cosine (strong early, "
                                     "fading at the end)."}),
-                "eta": ("FLOAT", {"default": DEFAULTS.eta, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
+                "eta": ("FLOAT", {"default": DEFAULTS.eta,
+                                  "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
                         "stochastic (the released setting), 0 = deterministic."}),
-                "guidance_rescale": ("FLOAT", {"default": DEFAULTS.guidance_rescale, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                "guidance_rescale": ("FLOAT", {"default": DEFAULTS.guidance_rescale,
+                                               "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                      "Rescales the guided prediction's std to the conditional one (0.7 released; "
                                      "0 = off)."}),
-                "frame_stride": ("INT", {"default": DEFAULTS.frame_stride, "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
+                "frame_stride": ("INT", {"default": DEFAULTS.frame_stride,
+                                         "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
                                  "larger = more motion between frames (demo 2, paper eval 8)."}),
-                "trace_scale": ("FLOAT", {"default": DEFAULTS.trace_scale, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                                "Multiplies the camera translations (the demo's 'scale')."}),
-                "cond_frame": ("INT", {"default": DEFAULTS.cond_frame, "min": 0, "max": 63, "tooltip": "Which output frame shows "
-                               "the input picture; the camera path is made relative to that frame."}),
+                "trace_scale": ("FLOAT", {"default": DEFAULTS.trace_scale, "min": 0.0, "max": 10.0, "step": 0.05,
+                                "tooltip": "Multiplies the camera translations (the demo's 'scale'). RealCam-I2V "
+                                "reads metres: a metric path as it is, any other path as 0.5 m per unit (its "
+                                "demo's) times this; the report says how far the camera moves."}),
+                "cond_frame": ("INT", {"default": DEFAULTS.cond_frame, "min": 0, "max": 63, "tooltip": "Which output "
+                               "frame shows the input picture; the camera path is made relative to that frame."}),
             },
             "optional": {
                 "camera": (CAMERA_TYPE, {"tooltip": "Camera path from a CamI2V camera node (or any CameraCtrl "
@@ -145,8 +155,10 @@ class CamI2VSampler:
         fit_note = pipeline.describe_fit(tuple(picture.shape[:2]), net.config.resolution, fit)
         notes = [fit_note] if fit_note else []
         if camera is not None:
-            w2c, intrinsics, note = camera_arrays(camera, frames)
-            notes += [note] if note else []
+            traj, note = camera_path(camera, frames)
+            trace_scale, unit_note = pipeline.camera_scale(traj, net.config.translation_unit, trace_scale)
+            notes += [n for n in (note, unit_note) if n]
+            w2c, intrinsics = np.asarray(traj.w2c), np.asarray(traj.intrinsics)
         else:
             w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
         for note in notes:

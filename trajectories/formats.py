@@ -28,8 +28,8 @@ import numpy as np
 
 from . import geometry
 from .errors import TrajectoryError
-from .trajectory import (BOTTOM_ROW_TOL, INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, check_aspect,
-                         default_intrinsics, finite_number)
+from .trajectory import (BOTTOM_ROW_TOL, INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, UNITS, Trajectory,
+                         check_aspect, default_intrinsics, finite_number)
 
 JSON_FORMAT = "cami2v-trajectory"
 JSON_VERSION = 1
@@ -39,25 +39,34 @@ DEFAULT_URL = "https://example.invalid/cami2v-trajectory"  # RealEstate10K's fir
 DEFAULT_UP = (0.0, -1.0, 0.0)  # OpenCV worlds have y pointing down, so "up" is -y
 SENSOR_WIDTH_MM = 36.0  # focal_mm is a 35 mm-equivalent focal length unless sensor_width_mm says otherwise
 _FRAME_KEYS = ("w2c", "c2w", "position", "look_at", "up", "intrinsics")
-_TOP_KEYS = ("format", "version", "name", "description", "aspect", "intrinsics", "frames")
+_TOP_KEYS = ("format", "version", "name", "description", "aspect", "unit", "intrinsics", "frames")
 _INTRINSIC_KEYS = ("fx", "fy", "cx", "cy", "fov_x_deg", "fov_y_deg", "focal_mm", "sensor_width_mm")
 
 
 # -- CAMERACTRL_POSES ------------------------------------------------------------------------------------------
 
+class CameraPoses(list):
+    """A CAMERACTRL_POSES list that also says its unit (a plain list to every other pack's node)."""
+
+    unit: str | None = None
+
+
 def to_cameractrl_poses(trajectory: Trajectory) -> list[list[float]]:
-    """Trajectory -> CAMERACTRL_POSES [T][19] (layout in the module docstring)."""
-    rows = []
+    """Trajectory -> CAMERACTRL_POSES [T][19] (layout in the module docstring), carrying the path's unit."""
+    rows = CameraPoses()
+    rows.unit = trajectory.unit
     for t, (w2c, intr) in enumerate(zip(trajectory.w2c, trajectory.intrinsics)):
         rows.append([float(t), *map(float, intr), float(trajectory.aspect), 1.0, *map(float, w2c[:3].reshape(12))])
     return rows
 
 
 def from_cameractrl_poses(poses) -> Trajectory:
-    """CAMERACTRL_POSES [T][19] (lists, tuples or an array) -> Trajectory; the aspect comes from pose_w / pose_h."""
+    """CAMERACTRL_POSES [T][19] (lists, tuples or an array) -> Trajectory; the aspect comes from pose_w / pose_h,
+    the unit from a list our nodes made (None from any other)."""
     rows = _pose_rows(poses, "CAMERACTRL_POSES frame")
     values = np.array(rows)
-    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_pose_size(values))
+    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_pose_size(values),
+                      getattr(poses, "unit", None))
 
 
 def _pose_rows(poses, what: str) -> list[list[float]]:
@@ -182,6 +191,8 @@ def to_json(trajectory: Trajectory, name: str | None = None, description: str | 
     if description is not None:
         head["description"] = str(description)
     head["aspect"] = float(trajectory.aspect)
+    if trajectory.unit is not None:
+        head["unit"] = trajectory.unit
     frames = []
     for w2c, intr in zip(trajectory.w2c, trajectory.intrinsics):
         frame = {"w2c": w2c[:3].tolist(), "intrinsics": dict(zip(INTRINSIC_FIELDS, map(float, intr)))}
@@ -211,6 +222,9 @@ def from_json(source) -> Trajectory:
         if key in data and not isinstance(data[key], str):
             raise TrajectoryError(f"expected text, found {type(data[key]).__name__}", field=key)
     aspect = check_aspect(data["aspect"]) if "aspect" in data else 1.0
+    unit = data.get("unit")
+    if unit is not None and unit not in UNITS:
+        raise TrajectoryError(f"'unit' must be one of {', '.join(UNITS)}, found {str(unit)[:20]!r}", field="unit")
     default = _intrinsics(data["intrinsics"], aspect, None, "intrinsics") if "intrinsics" in data else None
     frames = data.get("frames")
     if not isinstance(frames, list):
@@ -231,7 +245,7 @@ def from_json(source) -> Trajectory:
         w2c[f] = _frame_pose(frame, f)
         intrinsics[f] = _intrinsics(frame["intrinsics"], aspect, f, "intrinsics") if "intrinsics" in frame \
             else fallback
-    return Trajectory(w2c, intrinsics, aspect)
+    return Trajectory(w2c, intrinsics, aspect, unit)
 
 
 def _parse_json(text) -> object:
