@@ -127,26 +127,71 @@ class TrainConfigError(CamI2VError, ValueError):
 # -- configuration ------------------------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> DictConfig:
-    """DEFAULTS <- YAML file <- dot-list overrides (`max_steps=` etc. mean `train.max_steps=`)."""
+    """DEFAULTS <- YAML file (after the files it `extends`) <- dot-list overrides (`max_steps=` means
+    `train.max_steps=`). A key DEFAULTS does not know is an error naming the closest known key (a misspelled key
+    would otherwise train with the default silently); only `model.overrides` is free-form (ModelConfig checks it)."""
     cfg = OmegaConf.create(DEFAULTS)
+    OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.model.overrides, False)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise TrainConfigError(f"training config {path} does not exist; see training/configs/ for examples")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        cfg = _merge_known(cfg, read_config_file(path), str(path))
     fixed = []
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item:
             raise TrainConfigError(f"override {item!r} is not key=value (e.g. max_steps=100 or train.lr=1e-5)")
         fixed.append(f"train.{item}" if key in SHORTCUTS else item)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(fixed))
+    cfg = _merge_known(cfg, OmegaConf.from_dotlist(fixed), "the command line")
+    OmegaConf.set_struct(cfg, False)
     _check_choice("train.precision", cfg.train.precision, PRECISIONS)
     _check_choice("train.distributed", cfg.train.distributed, DISTRIBUTED)
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
     if isinstance(cfg.train.trainable, str):
         _check_choice("train.trainable", cfg.train.trainable, TRAINABLE_PRESETS)
     return cfg
+
+
+def read_config_file(path: Path, _seen: tuple = ()) -> DictConfig:
+    """One training YAML with the files it extends merged under it (`extends: base.yaml`, relative to the file),
+    so an experiment's variants are small overlays of one base and differ only where they say."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise TrainConfigError(f"{path} extends itself (through {' -> '.join(p.name for p in _seen)})")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors become one line naming the file
+        raise TrainConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, DictConfig):
+        raise TrainConfigError(f"{path} must hold a mapping (model:, data:, train:), not a {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base_path = path.parent / str(parent)
+    if not base_path.is_file():
+        raise TrainConfigError(f"{path} extends {parent}, which does not exist (looked for {base_path})")
+    return OmegaConf.merge(read_config_file(base_path, _seen + (path,)), raw)
+
+
+def _merge_known(cfg: DictConfig, extra, source: str) -> DictConfig:
+    """cfg <- extra, refusing keys that are not in the schema (DEFAULTS) with the closest known key."""
+    import difflib
+
+    from omegaconf.errors import ConfigKeyError
+
+    try:
+        return OmegaConf.merge(cfg, extra)
+    except ConfigKeyError as e:
+        key = str(getattr(e, "full_key", "") or "").strip() or str(e).split("\n")[0]
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(cfg, parent) if parent else cfg
+        known = list(section.keys()) if isinstance(section, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else \
+            f"; known keys there: {', '.join(known)}"
+        raise TrainConfigError(f"{source} sets {key!r}, which training configs do not have{hint}") from None
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -257,7 +302,7 @@ def initialise(model: CamI2VModel, init: str | None, parts: list[str]) -> None:
 # -- a fresh clone's first run ------------------------------------------------------------------------------------
 
 # VAE files that the shipped synthetic configs name: stage 1's output (tiny_synthetic.yaml) and the bundled model's
-# VAE copied out (compare_*.yaml). Where one is missing and the model's VAE has the bundled model's architecture,
+# VAE copied out (training/experiments/compare/). Where one is missing and the model's VAE has the bundled model's architecture,
 # the bundled model's VAE is written to BUNDLED_VAE and used instead, so the first command of training/README.md
 # runs on a fresh clone. Any other missing VAE file is an error that names the command making it.
 SHIPPED_VAE_FILES = ("runs/vae/vae.safetensors", "runs/vae_bundled/vae.safetensors")
