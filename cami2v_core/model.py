@@ -21,6 +21,7 @@ from . import camera as camera_maths
 from .camera import CameraCondition
 from .checkpoint import CheckpointError, check_state_dict, config_for, load_with_base, parse_dtype
 from .configs import ModelConfig, epipolar_attention_kind, resolve_config
+from .modules import epipolar as epipolar_kernels
 from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
 from .modules.resampler import Resampler
@@ -123,7 +124,7 @@ class CamI2VModel(nn.Module):
                        trace_scale: float = 1.0, generator: torch.Generator | None = None,
                        pair_t: torch.Tensor | None = None, height: int | None = None,
                        width: int | None = None) -> CameraCondition | None:
-        """The camera condition of a trajectory, built once and reused by every step and guidance branch.
+        """The camera condition of a trajectory in its final form, built once and reused by every step and branch.
 
         w2c [B,T,4,4] world-to-camera (OpenCV axes), K [B,T,3,3] in pixels of the height x width image (default:
         the model's resolution), cond_frame_index [B]. `generator` drives CamI2V's zero-translation perturbation
@@ -159,6 +160,12 @@ class CamI2VModel(nn.Module):
             rt = camera_maths.motionctrl_rt(rel_c2w).to(self.dtype)  # [B,T,12]
         # The UNet looks a mask up by origin_h // feature height, origin_h taken from the config (spec §4.4.7).
         origin_h = int(self.config.epipolar["origin_h"]) if self.config.epipolar is not None else height
+        if masks is not None:
+            # The final form: each mask the attention kernel gathers is replaced by its gathered layout, built
+            # here once per trajectory (every layer, step and guidance branch reuses it; the dense mask it replaces
+            # is freed). Sampling, training and the benchmarks all receive this same form.
+            registers = int(self.config.epipolar.get("num_register_tokens", 0))
+            masks = epipolar_kernels.compact_masks(masks, w2c.shape[1], registers, self.device)
         return CameraCondition(pose_features=pose_features, epipolar_masks=masks, rt=rt, origin_h=origin_h)
 
     # -- denoiser ------------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from einops import rearrange, repeat
 
 from . import camera as camera_maths
 from . import settings
-from .modules import epipolar
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
 from .errors import CamI2VError
 from .settings import DEFAULTS
@@ -363,25 +362,8 @@ def encode_conditioning(model, image, w2c, intrinsics=None, prompt: str = "", ne
         camera = model.prepare_camera(w2c.to(device), K.to(device), torch.tensor([int(cond_frame_index)]),
                                       trace_scale=float(trace_scale), generator=generator, pair_t=draws.pair_t,
                                       height=height, width=width)
-        camera = compact_camera(model, camera, device)
     fs_tensor = torch.tensor([fs], dtype=torch.long, device=device)
     return Conditioning(context, c_concat, fs_tensor, camera, prepared, K)
-
-
-def compact_camera(model, camera, device=None, frames: int | None = None):
-    """The camera condition with every epipolar mask the kernel gathers replaced by its gathered form.
-
-    The gathered layouts are built here, once per trajectory, and every layer, step and guidance branch reuses them;
-    the dense masks they replace (268 MB per video at the 256 model's 32x32 level) are freed with the old condition.
-    Masks the kernel keeps dense (small ones, or all under the "dense" kernel) stay as they are. `frames`: the
-    video's frame count (default: the model's).
-    """
-    if camera is None or not camera.epipolar_masks:
-        return camera
-    registers = int(model.config.epipolar.get("num_register_tokens", 0))
-    frames = int(frames or model.config.temporal_length)
-    masks = epipolar.compact_masks(camera.epipolar_masks, frames, registers, device)
-    return dataclasses.replace(camera, epipolar_masks=masks)
 
 
 def make_denoiser(model, cond: Conditioning, batch_branches: bool = True):
