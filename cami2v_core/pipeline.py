@@ -460,6 +460,9 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
     latent_hook = None
     if noise_shaping is not None:
+        if noise_shaping.preview.cond_frame_index != int(cond_frame_index):
+            raise PipelineError(f"the scene preview was rendered from frame {noise_shaping.preview.cond_frame_index} "
+                                f"but cond_frame_index is {cond_frame_index}; make both with the same frame")
         latent_hook = noise_shaping_hook(model, cond, noise_shaping, shaping_generator(generator), offload)
     denoise = make_denoiser(model, cond, batch_branches)
     if callback is not None:

@@ -410,6 +410,10 @@ def test_pipeline_refuses_a_preview_of_another_size():
 
     with pytest.raises(PipelineError, match="preview_scene"):
         _sample(scene.NoiseShaping(preview))
+    other_frame = scene.ScenePreview(torch.zeros(8, 64, 64, 3), torch.ones(8, 64, 64, dtype=torch.bool),
+                                     torch.ones(64, 64), torch.eye(3), torch.eye(4)[None].repeat(8, 1, 1), 3)
+    with pytest.raises(PipelineError, match="frame 3"):
+        _sample(scene.NoiseShaping(other_frame))
 
 
 # -- metric depth (transformers) -------------------------------------------------------------------------------------
