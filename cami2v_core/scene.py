@@ -211,18 +211,20 @@ def render_points(points: torch.Tensor, colors: torch.Tensor, w2c: torch.Tensor,
         dist2 = ((px - u.repeat_interleave(point_size ** 2)) ** 2 + (py - v.repeat_interleave(point_size ** 2)) ** 2)
         zs = z.repeat_interleave(point_size ** 2)
         ok = front.repeat_interleave(point_size ** 2) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-        pix = (py[ok] * width + px[ok]).long()
-        zs, dist2, idx = zs[ok], dist2[ok], point_index[ok]
-        inf = torch.full((n_pix,), math.inf, device=device, dtype=dtype)
+        # Samples off the picture go to one extra bin (index n_pix), dropped at the end: no boolean indexing.
+        pix = torch.where(ok, py * width + px, torch.full_like(px, n_pix)).long()
+        inf = torch.full((n_pix + 1,), math.inf, device=device, dtype=dtype)
         zmin = inf.scatter_reduce(0, pix, zs, "amin")
         near = zs <= zmin[pix] * (1 + depth_tolerance)
         dmin = inf.scatter_reduce(0, pix, torch.where(near, dist2, torch.full_like(dist2, math.inf)), "amin")
         win = near & (dist2 == dmin[pix])
         none = points.shape[0]
-        best = torch.full((n_pix,), none, device=device, dtype=torch.long)
-        best = best.scatter_reduce(0, pix, torch.where(win, idx, torch.full_like(idx, none)), "amin")
+        best = torch.full((n_pix + 1,), none, device=device, dtype=torch.long)
+        best = best.scatter_reduce(0, pix, torch.where(win, point_index, torch.full_like(point_index, none)),
+                                   "amin")[:n_pix]
         seen = best < none
-        frames[i, seen] = colors[best[seen]]
+        if none:
+            frames[i] = torch.where(seen[:, None], colors[best.clamp(max=none - 1)], frames[i])
         masks[i] = seen
     return (rearrange(frames, "t (h w) c -> t h w c", h=height),
             rearrange(masks, "t (h w) -> t h w", h=height))
