@@ -7,7 +7,9 @@ DDIM (`sampling.sample_ddim`) runs and the latent is decoded in chunks of frames
 
 Random draws come from one seeded generator in the original's order (spec §7.7): VAE posterior noise for all T
 frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per step. `Draws` injects recorded values
-instead (golden replay). The generator lives on the CPU, so a seed gives the same video on any device.
+instead (golden replay). The generator lives on the CPU, so a seed gives the same video on any device. RealCam-I2V's
+noise shaping (`scene.NoiseShaping`, off by default) draws from a second stream (`shaping_generator`), so it leaves
+those draws unchanged.
 
 For ComfyUI the steps are also exposed separately: `sample_latent` returns the final latent, `decode_latent` decodes
 one, and `to_comfy_latent` / `from_comfy_latent` convert to and from the SD-style LATENT dict.
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from . import camera as camera_maths
-from . import settings
+from . import scene, settings
 from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
 from .errors import CamI2VError
 from .settings import DEFAULTS
@@ -427,14 +429,16 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
                   generator: torch.Generator | None = None, frame_stride: int | None = DEFAULTS.frame_stride,
                   cond_frame_index: int = DEFAULTS.cond_frame, trace_scale: float = DEFAULTS.trace_scale,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
-                  batch_branches: bool = True, offload: bool = False, fit: str = "crop") -> torch.Tensor:
+                  batch_branches: bool = True, offload: bool = False, fit: str = "crop",
+                  noise_shaping: scene.NoiseShaping | None = None) -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
     `sampling.StepInfo` after every step; raise in it to cancel. `offload` keeps encoders and VAE on the CPU
     except while they run. `fit` (crop / pad / stretch) is how a picture of another shape meets the model's frame
     (`describe_fit` says what it did). Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the
-    UNet's own default fs value.
+    UNet's own default fs value. `noise_shaping` (RealCam-I2V, off by default): a `scene.NoiseShaping` holding the
+    `preview_scene` of the same picture, trajectory and fit; its renders pin the visible latents for t >= 900.
     """
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)
@@ -461,6 +465,12 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         if len(draws.step_noise) != len(schedule):
             raise PipelineError(f"{len(draws.step_noise)} injected step noises for {len(schedule)} steps")
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
+    latent_hook = None
+    if noise_shaping is not None:
+        if noise_shaping.preview.cond_frame_index != int(cond_frame_index):
+            raise PipelineError(f"the scene preview was rendered from frame {noise_shaping.preview.cond_frame_index} "
+                                f"but cond_frame_index is {cond_frame_index}; make both with the same frame")
+        latent_hook = noise_shaping_hook(model, cond, noise_shaping, shaping_generator(generator), offload)
     denoise = make_denoiser(model, cond, batch_branches)
     if callback is not None:
         # Previews in this VAE's own colours: the projection fitted on the picture and its latent (no extra encode).
@@ -468,7 +478,78 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         user_callback = callback
         callback = lambda info: user_callback(dataclasses.replace(info, latent_rgb=latent_rgb))  # noqa: E731
     return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
-                       callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera)
+                       callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera,
+                       latent_hook=latent_hook)
+
+
+# -- RealCam-I2V's scene (realcam spec §3-4; the maths is in scene.py) ----------------------------------------------
+
+def preview_scene(model, image, w2c, depth, intrinsics=None, *, cond_frame_index: int = DEFAULTS.cond_frame,
+                  trace_scale: float = DEFAULTS.trace_scale, fit: str = "crop", point_size: int = 2,
+                  outliers: bool = True) -> scene.ScenePreview:
+    """Depth-aware preview of one picture along a trajectory w2c [T,4,4], at the model's frame -> scene.ScenePreview.
+
+    The picture is fitted exactly as `sample_latent` fits it (same `fit`, intrinsics and trace_scale), so the renders
+    line up with the latents. depth: a metric depth model (`scene.load_depth_model`) or a depth map [H,W] in metres
+    of the fitted picture."""
+    config = model.config
+    w2c = check_w2c(w2c, config.temporal_length)[0]
+    _check_fit(fit)
+    if isinstance(cond_frame_index, bool) or int(cond_frame_index) != cond_frame_index \
+            or not 0 <= int(cond_frame_index) < config.temporal_length:
+        raise PipelineError(f"cond_frame_index must be a frame index from 0 to {config.temporal_length - 1}; got "
+                            f"{cond_frame_index!r}")
+    u8 = image_to_uint8(image)
+    prepared = _prepare_uint8(u8, *target_size(tuple(u8.shape[-2:]), config.resolution), fit)
+    K = prepared.K if intrinsics is None else intrinsics_from_normalized(intrinsics, prepared)[int(cond_frame_index)]
+    if callable(depth):  # a depth model (tensors and arrays are not callable)
+        depth = scene.estimate_depth(depth, prepared.pixels)[0]
+    depth = torch.as_tensor(depth).float().cpu()
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    if tuple(depth.shape) != prepared.size:
+        raise PipelineError(f"the depth map must be [H,W] = {prepared.size}, the fitted picture's size; got "
+                            f"{tuple(depth.shape)}. Pass the depth model instead and it is estimated at that size.")
+    colors = rearrange((prepared.pixels[0] + 1) / 2, "c h w -> h w c")
+    return scene.preview_scene(colors, depth, K, w2c, int(cond_frame_index), float(trace_scale), point_size,
+                               outliers)
+
+
+def shaping_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator of noise shaping's own draws: a CPU generator seeded with the sampler's initial seed + 1.
+
+    Upstream draws them from the global RNG between the sampler's own draws; a stream of their own keeps x_T and every
+    step's noise those of the same seed without shaping, so shaping on and off compare like for like."""
+    return make_generator((generator.initial_seed() + 1) % 2 ** 64)
+
+
+def noise_shaping_hook(model, cond: Conditioning, shaping: scene.NoiseShaping, generator: torch.Generator | None,
+                       offload: bool = False, chunk_size: int = 4):
+    """The sampler's latent hook for `shaping` (realcam spec §4.3-4.5): the renders' VAE latents with the
+    conditioning frame's latent put back, masked by their eroded visibility. `generator` draws, in this order, the
+    renders' posterior noise [T,C,h,w] and then, at each shaped step, q_sample's noise (unless shaping.noise_fn)."""
+    preview = shaping.preview
+    frames = model.config.temporal_length
+    want = (frames, *cond.image.size)
+    if tuple(preview.frames.shape[:3]) != want or tuple(preview.masks.shape) != want:
+        raise PipelineError(f"the scene preview is {tuple(preview.frames.shape[:3])} (frames, H, W) but this video "
+                            f"is {want}; make it with pipeline.preview_scene from the same picture, trajectory and "
+                            f"fit")
+    c, (h, w) = model.config.channels, cond.c_concat.shape[-2:]
+    noise = randn((frames, c, h, w), generator)
+    pixels = rearrange(preview.frames.float().cpu() * 2 - 1, "t h w c -> t c h w")
+    latents = []
+    with torch.no_grad(), _modules_on(model, ("first_stage_model",), model.device, offload):
+        for chunk, chunk_noise in zip(pixels.split(chunk_size), noise.split(chunk_size)):
+            latents.append(model.encode_first_stage(chunk, noise=chunk_noise).float())
+    scene_latent = rearrange(torch.cat(latents), "t c h w -> 1 c t h w")
+    # The conditioning frame is the picture itself: its own latent, not the render's (realcam spec §4.3).
+    k = preview.cond_frame_index
+    scene_latent[:, :, k] = cond.c_concat[:, :, k].float()
+    mask = scene.latent_mask(preview.masks.cpu(), (h, w)).to(model.device)  # [T,h,w], broadcast over B and C
+    return scene.noise_shaping_hook(scene_latent.to(model.device), mask, model.sqrt_alphas_cumprod,
+                                    model.sqrt_one_minus_alphas_cumprod, shaping.from_timestep, shaping.noise_fn,
+                                    generator)
 
 
 def decode_latent(model, latent: torch.Tensor, chunk_size: int = 4, offload: bool = False) -> torch.Tensor:

@@ -281,6 +281,16 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, schedule: DDIMSchedule, k: in
     return a_prev.sqrt() * x0 + dir_xt + sigma * noise
 
 
+def q_sample(x0: torch.Tensor, t: torch.Tensor, sqrt_alphas_cumprod: torch.Tensor,
+             sqrt_one_minus_alphas_cumprod: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·noise (DDPM eq. 4) from the model's float32 buffers [N]:
+    x0 and noise [B,...], t [B] long -> [B,...]."""
+    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+    a = sqrt_alphas_cumprod.to(x0.device)[t.to(x0.device)].reshape(shape).to(x0.dtype)
+    b = sqrt_one_minus_alphas_cumprod.to(x0.device)[t.to(x0.device)].reshape(shape).to(x0.dtype)
+    return a * x0 + b * noise
+
+
 def randn(shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) drawn on the generator's device (CPU by default) and moved to `device`, so a seed means the same
     numbers on every device."""
@@ -307,12 +317,15 @@ class StepInfo:
 def sample_ddim(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule, guidance: Guidance = Guidance(),
                 prediction: str = "eps", callback: Callable[[StepInfo], None] | None = None,
                 noise_fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                generator: torch.Generator | None = None, camera: bool = True) -> torch.Tensor:
+                generator: torch.Generator | None = None, camera: bool = True,
+                latent_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM from x_T [B,C,T,h,w] over `schedule` with multi-condition guidance -> x_0 latent [B,C,T,h,w].
 
     `noise_fn(i, x)` supplies step i's N(0, I) draw (default: from `generator`); it is drawn every step, even when
     σ = 0, as the original does (spec §7.7). The callback runs after every step; raising in it cancels sampling.
-    `camera=False` (a model without camera input) never asks for the no-camera branch.
+    `camera=False` (a model without camera input) never asks for the no-camera branch. `latent_hook(x_t, t)`, when
+    given, replaces x_t before each step's denoiser call (RealCam-I2V's noise shaping, `scene.noise_shaping_hook`);
+    the callback's `x_t` is the replaced one.
     """
     if prediction not in PREDICTION_FNS:
         raise SamplingError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
@@ -327,6 +340,8 @@ def sample_ddim(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule
     steps = len(schedule)
     for i, k in enumerate(reversed(range(steps))):
         t = torch.full((x.shape[0],), int(schedule.timesteps[k]), dtype=torch.long, device=x.device)
+        if latent_hook is not None:
+            x = latent_hook(x, t)
         outputs = denoise_fn(x, t, branches)
         out = combine_guidance(outputs, guidance, t, schedule.num_train_timesteps)
         if guidance.rescale > 0 and len(branches) > 1:
