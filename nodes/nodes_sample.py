@@ -119,6 +119,9 @@ class CamI2VSampler:
                            "DynamiCrafter."}),
                 "use_camera_intrinsics": ("BOOLEAN", {"default": False, "tooltip": "Use the focal lengths stored "
                                           "in the camera path instead of the demo's 90-degree field of view."}),
+                "scene": ("CAMI2V_SCENE", {"tooltip": "Optional, RealCam-I2V: a scene from the Scene Preview "
+                          "node turns on its scene-constrained noise shaping (the first steps, t >= 900, start from "
+                          "the rendered scene where it is visible). Off when not connected, as upstream."}),
                 "fit": (list(pipeline.FIT_MODES), {"default": "crop", "tooltip": "How a picture of another shape "
                         "meets the model's frame: crop = cover it and centre-crop (the original's), pad = keep the "
                         "whole picture and fill the borders with its edge pixels, stretch = squeeze it to the frame. "
@@ -137,7 +140,7 @@ class CamI2VSampler:
 
     def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
                camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,
-               use_camera_intrinsics=False, fit="crop"):
+               use_camera_intrinsics=False, fit="crop", scene=None):
         net = model.model
         frames = net.config.temporal_length
         has_camera_input = net.config.camera is not None
@@ -161,6 +164,11 @@ class CamI2VSampler:
             w2c, intrinsics = np.asarray(traj.w2c), np.asarray(traj.intrinsics)
         else:
             w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+        from .nodes_realcam import noise_shaping_for  # (that module imports this one)
+
+        shaping = noise_shaping_for(scene, frames, cond_frame, trace_scale)
+        if shaping is not None:
+            notes.append("scene-constrained noise shaping on (steps with t >= 900 start from the rendered scene)")
         for note in notes:
             log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], note)
         device = comfy_bridge.torch_device()
@@ -176,7 +184,7 @@ class CamI2VSampler:
                 steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                 camera_schedule=camera_schedule, guidance_rescale=guidance_rescale, eta=eta, seed=seed,
                 frame_stride=frame_stride, cond_frame_index=cond_frame, trace_scale=trace_scale, callback=on_step,
-                offload=not model.keep_loaded, fit=fit)
+                offload=not model.keep_loaded, fit=fit, noise_shaping=shaping)
         out = pipeline.to_comfy_latent(latent.float().cpu())
         out["cami2v_frames"] = frames
         out["cami2v_fps"] = DEFAULTS.playback_fps(frame_stride)

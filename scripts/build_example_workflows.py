@@ -169,6 +169,7 @@ def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefi
 QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
 CUSTOM_JSON = "CamI2V custom camera path from pose JSON, previewed (256 model)"
 VERSUS = "CamI2V vs CameraCtrl, one picture and camera path through both (256 models)"
+REALCAM = "RealCam-I2V metric camera with a depth-aware scene preview (512 model)"
 
 MODEL_NOTE = ("Model: {what}\n\nThe loader lists the authors' release files by name; one that is not in "
               "models/cami2v yet is downloaded only when you switch on download_missing (or when you accept "
@@ -240,6 +241,34 @@ def main(bundled_frames: int = 8) -> None:
             size=(340, 320), title="Read me")
     wf.write(VERSUS, "CamI2V vs CameraCtrl: the same picture and camera through both models.",
              tj.preset("orbit left", 16, 0.6, 1.0))
+
+    # 4. RealCam-I2V: metric translations, a depth-aware preview, the scene fed to the sampler (noise shaping).
+    wf = Workflow()
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    model = loader(wf, (20, 420), "512_realcam-i2v_50k.safetensors")
+    cam = wf.add("CamI2VCameraPreset", (20, 660), preset="pan left", frames=16, ratio=1.0, scale=1.0)
+    depth = wf.add("CamI2VDepthLoader", (380, 660), model="small")
+    scene_node = wf.add("CamI2VScenePreview", (380, 820))
+    wf.connect(model, "model", scene_node, "model")
+    wf.connect(image, "IMAGE", scene_node, "image")
+    wf.connect(cam, "poses", scene_node, "camera")
+    wf.connect(depth, "depth_model", scene_node, "depth_model")
+    renders = wf.add("SaveAnimatedWEBP", (760, 900), filename_prefix="cami2v/realcam_scene", fps=8.0)
+    wf.connect(scene_node, "renders", renders, "images")
+    sampler_chain(wf, model, image, cam, 40, "a living room, sunny afternoon", "cami2v/realcam", steps=25)
+    sampler = next(n for n in wf.nodes if n["type"] == "CamI2VSampler")
+    wf.connect(scene_node, "scene", sampler, "scene")
+    wf.note((20, 980), "RealCam-I2V reads camera translations in metres. A demo preset is scale-free, so it is read "
+            "as its demo does: 1 unit = 0.5 m at trace_scale 1 (here: pan left moves 1 m). The Scene Preview shows "
+            "the picture's 3-D points from every camera before you sample, and its report says how far the camera "
+            "moves and how deep the scene is. Its scene output turns on RealCam-I2V's noise shaping in the sampler "
+            "(disconnect it for plain sampling).\n\n" + MODEL_NOTE.format(
+                what="512_realcam-i2v_50k.safetensors, loaded over DynamiCrafter_512's model.ckpt (put it in "
+                     "models/cami2v/DynamiCrafter_512/ or models/checkpoints/; download_missing fetches both). "
+                     "Depth: Depth Anything V2 Metric Indoor small (Apache-2.0); base/large are non-commercial."),
+            size=(340, 420), title="Read me")
+    wf.write(REALCAM, "RealCam-I2V: metric camera, depth-aware scene preview, scene-constrained noise shaping.",
+             tj.preset("pan left", 16, 1.0, 1.0))
 
 
 if __name__ == "__main__":

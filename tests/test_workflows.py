@@ -79,7 +79,7 @@ def test_template_reads_like_comfyuis_own(path):
     """The browser shows the file name as title and description: a sentence, not an identifier; notes in the
     graph say what to change; a saved view opens it readable; release checkpoints carry download metadata."""
     wf = json.loads(path.read_text())
-    assert path.stem.startswith("CamI2V ") and " " in path.stem[7:] and "_" not in path.stem, path.stem
+    assert path.stem[0].isupper() and path.stem.count(" ") >= 4 and "_" not in path.stem, path.stem
     notes = [n for n in wf["nodes"] if n["type"] in FRONTEND_ONLY]
     assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes)
     ds = wf["extra"]["ds"]
