@@ -205,7 +205,8 @@ class CamI2VCameraFromText:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text": ("STRING", {"multiline": True, "default": EXAMPLE_JSON, "tooltip": "Pose "
-                                      "JSON (see the README), RealEstate10K pose text, or a CAMERACTRL_POSES list."})}}
+                                      "JSON (see the README), RealEstate10K pose text, a CAMERACTRL_POSES list, or "
+                                      "a nerfstudio / instant-ngp transforms.json."})}}
 
     RETURN_TYPES = (POSES,)
     RETURN_NAMES = ("poses",)
@@ -221,19 +222,24 @@ class CamI2VCameraFromText:
 
 
 class CamI2VCameraLoadFile:
-    """Load a camera path file: pose JSON, RealEstate10K .txt, or a CAMERACTRL_POSES JSON list."""
+    """Load a camera path file: pose JSON, RealEstate10K .txt, a CAMERACTRL_POSES JSON list, a transforms.json, or a
+    COLMAP text model."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"path": ("STRING", {"default": "", "tooltip": "Path of the file; a relative path is "
-                                      "looked up in ComfyUI's input folder first."})}}
+        return {"required": {"path": ("STRING", {"default": "", "tooltip": "Path of the file: pose JSON, "
+                                      "RealEstate10K .txt, nerfstudio / instant-ngp transforms.json, or a COLMAP "
+                                      "text model (its folder or images.txt, e.g. from Blender via "
+                                      "trajectories/blender). A relative path is looked up in ComfyUI's input "
+                                      "folder first."})}}
 
     RETURN_TYPES = (POSES,)
     RETURN_NAMES = ("poses",)
     OUTPUT_TOOLTIPS = ("The loaded camera path.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Loads a camera path from a pose JSON or RealEstate10K file (e.g. a clip's pose file)."
+    DESCRIPTION = ("Loads a camera path from a pose JSON, RealEstate10K, transforms.json or COLMAP text file (e.g. a "
+                   "clip's pose file, or a camera exported from a 3-D tool).")
 
     @classmethod
     def IS_CHANGED(cls, path):
@@ -242,8 +248,8 @@ class CamI2VCameraLoadFile:
 
     def load(self, path):
         full = resolve_input_path(path)
-        if full is None or not full.is_file():
-            raise ValueError(f"no file at {path!r} (looked in the input folder and the "
+        if full is None or not (full.is_file() or full.is_dir()):
+            raise ValueError(f"no file or COLMAP folder at {path!r} (looked in the input folder and the "
                              f"current folder); check the path")
         return (to_poses(tj.load(full)),)
 

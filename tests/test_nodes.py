@@ -364,3 +364,12 @@ def test_depth_loader_without_local_weights_says_how_to_get_them(monkeypatch, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="switch on download_missing"):
         NODES["CamI2VDepthLoader"]().load("small", False)
+
+
+def test_load_file_reads_3d_tools_cameras(tmp_path):
+    path = tj.orbit("left", 30.0, 3.0, 8)
+    tj.write_colmap(path, tmp_path / "colmap")
+    (tmp_path / "transforms.json").write_text(tj.to_transforms_json(path))
+    for source in (tmp_path / "colmap", tmp_path / "colmap" / "images.txt", tmp_path / "transforms.json"):
+        poses = NODES["CamI2VCameraLoadFile"]().load(str(source))[0]
+        assert tj.Trajectory.from_cameractrl_poses(poses).allclose(path, atol=1e-6), source
