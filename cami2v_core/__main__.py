@@ -40,10 +40,7 @@ def _inspect(args) -> int:
         "preset": preset,
         "translation_unit": config.translation_unit,
         "config_source": source,
-        "dtypes": stats["dtypes"],
-        "keys": stats["keys"],
-        "parameters": stats["parts"],
-        "total": stats["numel"],
+        **_stats_fields(stats),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -53,6 +50,11 @@ def _inspect(args) -> int:
           f"{config.parameterization}-prediction  (preset: {preset or 'custom'}; {source})")
     _print_stats(stats)
     return 0
+
+
+def _stats_fields(stats: dict) -> dict:
+    """The size fields `inspect` reports for any file (checkpoint.summarize's numbers under their JSON names)."""
+    return {"dtypes": stats["dtypes"], "keys": stats["keys"], "parameters": stats["parts"], "total": stats["numel"]}
 
 
 def _inspect_partial(args, path, sd, partial, stats) -> int:
@@ -73,10 +75,7 @@ def _inspect_partial(args, path, sd, partial, stats) -> int:
         "translation_unit": config.translation_unit if config else None,
         "base": {"file": partial.base.label if partial.base else "DynamiCrafter model.ckpt",
                  "url": partial.base.url if partial.base else None, "found": found},
-        "dtypes": stats["dtypes"],
-        "keys": stats["keys"],
-        "parameters": stats["parts"],
-        "total": stats["numel"],
+        **_stats_fields(stats),
     }
     if args.json:
         print(json.dumps(info, indent=2))
