@@ -26,7 +26,7 @@ from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
 from .modules.resampler import Resampler
 from .modules.unet import UNetModel
-from .modules.vae import AutoencoderKL
+from .modules.vae import AutoencoderKL, posterior_sample
 from .sampling import dynamic_rescale_table, make_beta_schedule, rescale_zero_terminal_snr
 
 # The 12 schedule buffers every checkpoint stores, in the original's order (spec §1.3).
@@ -107,14 +107,12 @@ class CamI2VModel(nn.Module):
                            generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled VAE posterior sample (spec §3.4). [N,3,H,W] in [-1,1] -> 0.18215 * z [N,4,h,w]"""
         mean, logvar = self.first_stage_model.encode(x.to(self.device, self.dtype))
-        std = torch.exp(0.5 * logvar)
         if noise is None:
             # The original draws the posterior noise in float32 on the CPU and then moves it (spec §7.7); drawing
             # on the generator's device with the same shape keeps a seeded CPU generator bit-compatible.
             gen_device = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=torch.float32)
-        z = mean + std * noise.to(mean.device, mean.dtype)
-        return self.scale_factor * z
+        return self.scale_factor * posterior_sample(mean, logvar, noise)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """VAE decode of a scaled latent, frames independent. [N,4,h,w] -> [N,3,H,W] in about [-1,1]"""

@@ -58,6 +58,7 @@ from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, save_sa
 from cami2v_core.configs import ModelConfig, resolve_config
 from cami2v_core.model import CamI2VModel, build_model
 from cami2v_core.errors import CamI2VError
+from cami2v_core.modules.vae import posterior_sample
 
 log = logging.getLogger("training.train")
 
@@ -496,7 +497,7 @@ class DiffusionObjective(nn.Module):
                                       width // cfg.vae_downsample), generator=generator)
             # VAE frozen (spec §8); posterior sample mean + std * noise, scaled (spec §3.4)
             mean, logvar = self._moments(batch, frames)
-            z = net.scale_factor * (mean + torch.exp(0.5 * logvar) * post_noise.to(mean.device, mean.dtype))
+            z = net.scale_factor * posterior_sample(mean, logvar, post_noise)
             z = rearrange(z, "(b t) c h w -> b c t h w", b=b).float()
             # Condition dropout (spec §8): r < p text; p <= r < 2p text+image; 2p <= r < 3p image.
             r = draw(b)
