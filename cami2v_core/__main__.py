@@ -172,8 +172,9 @@ def _generate(args) -> int:
             frames = pipeline.generate(
                 model, image, trajectory, args.prompt, args.negative_prompt,
                 use_trajectory_intrinsics=args.pose_intrinsics, decode_chunk=args.decode_chunk, offload=args.offload,
-                steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image, cfg_camera=args.cfg_camera,
-                camera_schedule=args.camera_schedule, guidance_rescale=args.rescale, eta=args.eta, seed=args.seed,
+                sampler=args.sampler, steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image,
+                cfg_camera=args.cfg_camera, camera_schedule=args.camera_schedule, guidance_rescale=args.rescale,
+                eta=args.eta, seed=args.seed,
                 frame_stride=args.frame_stride, cond_frame_index=args.cond_frame, trace_scale=args.trace_scale,
                 callback=progress)
         finally:
@@ -197,7 +198,7 @@ def _generate(args) -> int:
 
 def _add_generate(sub) -> None:
     from .pipeline import DEMO_NEGATIVE_PROMPT
-    from .sampling import CAMERA_SCHEDULES
+    from .sampling import CAMERA_SCHEDULES, SAMPLERS
 
     p = sub.add_parser("generate", help="image + camera path + prompt -> video (.gif / .webp / .mp4)",
                        description="Generate a camera-controlled video from one picture. Without --ckpt the bundled "
@@ -216,7 +217,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, .pt, .ckpt); default: bundled tiny model")
     p.add_argument("--config", default=None,
                    help="preset name or original YAML, for checkpoints whose model cannot be detected")
-    p.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim: the original's sampler (default); dpmpp_2m, unipc: deterministic ODE solvers for "
+                        "fewer steps (8-16), which ignore --eta")
+    p.add_argument("--steps", type=_positive_int, default=25,
+                   help="sampling steps = guided model calls (default 25, the released DDIM setting)")
     p.add_argument("--cfg-text", type=float, default=7.5, help="text guidance scale (default 7.5)")
     p.add_argument("--cfg-image", type=float, default=None,
                    help="image guidance scale (default: same as --cfg-text, the original's joint scale)")
@@ -225,7 +230,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--camera-schedule", choices=CAMERA_SCHEDULES, default="constant",
                    help="camera guidance weight over time (default constant)")
     p.add_argument("--rescale", type=float, default=0.7, help="guidance rescale phi in [0, 1] (default 0.7)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta: 1 = stochastic (released), 0 = deterministic")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM eta: 1 = stochastic (released), 0 = deterministic; unused by the other samplers")
     p.add_argument("--seed", type=int, default=12333, help="random seed (default 12333, the demo's)")
     p.add_argument("--frame-stride", type=_positive_int, default=None,
                    help="frame stride conditioning: larger = more motion (default: the model's)")

@@ -3,10 +3,12 @@
 Steps (spec §6.1, §7.1, §7.7): the picture is resized to cover the model resolution and centre-cropped; intrinsics
 default to the demo's (90° across the long side); text and image contexts are encoded for every guidance branch
 that will run; the conditioning frame's latent is a VAE posterior sample; the camera condition is built once; then
-DDIM (`sampling.sample_ddim`) runs and the latent is decoded in chunks of frames.
+DDIM (`sampling.sample_ddim`, the reference) or a fewer-step solver (`sampler="dpmpp_2m"` or `"unipc"`) runs and the
+latent is decoded in chunks of frames.
 
 Random draws come from one seeded generator in the original's order (spec §7.7): VAE posterior noise for all T
-frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per step. `Draws` injects recorded values
+frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per DDIM step (the deterministic solvers draw
+none after x_T, so a seed gives every sampler the same x_T). `Draws` injects recorded values
 instead (golden replay). The generator lives on the CPU, so a seed gives the same video on any device.
 
 For ComfyUI the steps are also exposed separately: `sample_latent` returns the final latent, `decode_latent` decodes
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .modules import epipolar
-from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
+from .sampling import (SAMPLERS, Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim, sample_dpmpp_2m,
+                       sample_unipc)
 from .errors import CamI2VError
 
 # The gradio demo's defaults (spec §6.5 step 5): its negative prompt, and the suffix it appends to every caption.
@@ -363,13 +366,16 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
                   generator: torch.Generator | None = None, frame_stride: int | None = None,
                   cond_frame_index: int = 0, trace_scale: float = 1.0,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
-                  batch_branches: bool = True, offload: bool = False) -> torch.Tensor:
+                  batch_branches: bool = True, offload: bool = False, sampler: str = "ddim") -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
     `sampling.StepInfo` after every step; raise in it to cancel. `offload` keeps encoders and VAE on the CPU
-    except while they run.
+    except while they run. `sampler`: one of `sampling.SAMPLERS`; "ddim" is the original's sampler, "dpmpp_2m" and
+    "unipc" are deterministic ODE solvers meant for fewer steps (8-16) that ignore `eta`. All share the guidance.
     """
+    if sampler not in SAMPLERS:
+        raise PipelineError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)
     has_camera = model.config.camera is not None
@@ -392,12 +398,19 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         raise PipelineError(f"injected x_T has shape {tuple(x_T.shape)}; expected {shape}")
     noise_fn = None
     if draws.step_noise is not None:
+        if sampler != "ddim":
+            raise PipelineError(f"injected step noises are DDIM's; the {sampler!r} solver draws none. Leave "
+                                "Draws.step_noise unset or use sampler='ddim'")
         if len(draws.step_noise) != len(schedule):
             raise PipelineError(f"{len(draws.step_noise)} injected step noises for {len(schedule)} steps")
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
     denoise = make_denoiser(model, cond, batch_branches)
-    return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
-                       callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera)
+    if sampler == "ddim":
+        return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                           callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera)
+    solver = {"dpmpp_2m": sample_dpmpp_2m, "unipc": sample_unipc}[sampler]
+    return solver(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                  callback=callback, camera=has_camera)
 
 
 def decode_latent(model, latent: torch.Tensor, chunk_size: int = 4, offload: bool = False) -> torch.Tensor:
@@ -446,7 +459,7 @@ def generate(model, image, trajectory, prompt: str = "", negative_prompt: str = 
 
     trajectory: a `trajectories.Trajectory`, a (w2c [T,4,4], intrinsics [T,4]) pair or w2c [T,4,4]. Its intrinsics
     are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Other keyword arguments go to
-    `sample_latent` (steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
+    `sample_latent` (sampler, steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
     """
     w2c, intrinsics = trajectory_arrays(trajectory)
     latent = sample_latent(model, image, w2c, intrinsics if use_trajectory_intrinsics else None, prompt,
