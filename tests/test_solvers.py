@@ -312,3 +312,27 @@ def test_pipeline_refuses_unknown_samplers_and_ddim_noise_for_solvers(tiny_model
         sample_latent(tiny_model, image, w2c, steps=1, sampler="euler")
     with pytest.raises(CamI2VError, match="step noises are DDIM's"):
         sample_latent(tiny_model, image, w2c, steps=1, sampler="unipc", draws=Draws(step_noise=[torch.zeros(1)]))
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------------
+
+def test_solver_benchmark_report_is_complete_and_consistent(tmp_path):
+    """One path, one step each: every row is there, and rows that are the same computation agree (one
+    DPM-Solver++(2M) step is DDIM's eta-0 step; the 1-step reference is that very run)."""
+    import json
+
+    from benchmarks import solvers as bench
+
+    out = tmp_path / "solvers.json"
+    assert bench.main(["--paths", "1", "--steps", "1", "--ddim-steps", "1", "--ref-steps", "1", "--no-camera",
+                       "--no-ddim-eta0", "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["label"]: r for r in report["rows"]}
+    assert list(rows) == ["ddim 1 eta 1", "ddim 1 eta 0", "dpmpp_2m 1", "unipc 1"]
+    assert rows["ddim 1 eta 1"]["speedup_vs_ddim"] == rows["ddim 1 eta 1"]["cpu_speedup_vs_ddim"] == 1.0
+    assert all(r["seconds"] > 0 and len(r["seconds_runs"]) == 1 for r in rows.values())
+    assert rows["dpmpp_2m 1"]["psnr"] == pytest.approx(rows["ddim 1 eta 0"]["psnr"], abs=0.05)
+    assert rows["dpmpp_2m 1"]["psnr_vs_ode"] is None and rows["dpmpp_2m 1"]["latent_rms_vs_ode"] == 0.0
+    assert rows["ddim 1 eta 1"]["latent_rms_vs_ode"] > 0
+    table = bench.markdown_table(report)
+    assert table.count("\n") == 1 + len(rows) and "RotErr" not in table
