@@ -16,6 +16,10 @@ same x_T. Per configuration the report gives:
                        camera errors of the cameras pycolmap recovers from the frames, as `training.evaluate`
                        computes them (spec §10; one reconstruction trial per clip), failures = clips not reconstructed
 
+    sampler_overhead_ms_per_step
+                       each sampler's own arithmetic per step (guidance, conversion, update) with a denoiser that
+                       costs nothing: what a step costs beyond its model calls, which are the same for every sampler
+
 Configurations are interleaved per path, so a change in machine load hits all of them alike.
 """
 
@@ -95,6 +99,32 @@ def _sample(model, clip, cfg: dict, args, seed: int, device):
         cpu_seconds = time.process_time() - cpu_start
         frames = decode_latent(model, latent)
     return np.clip(np.round(frames.numpy() * 255.0), 0, 255).astype(np.uint8), latent, (seconds, cpu_seconds)
+
+
+def sampler_overhead(model, steps: int = 16, repeats: int = 5) -> dict:
+    """Milliseconds per step of each sampler with a free denoiser (fixed random branch outputs), median of runs."""
+    from cami2v_core import sampling
+
+    config = model.config
+    h, w = (n // config.vae_downsample for n in config.resolution)
+    g = torch.Generator().manual_seed(0)
+    shape = (1, config.channels, config.temporal_length, h, w)
+    x_T = torch.randn(shape, generator=g)
+    outputs = {b: torch.randn(shape, generator=g) for b in ("cond", "uncond")}
+    guidance = sampling.Guidance(cfg_text=7.5)
+    schedule = sampling.make_ddim_schedule(model.alphas_cumprod.cpu(), steps, eta=1.0)
+    fns = {"ddim": lambda: sampling.sample_ddim(lambda x, t, b: outputs, x_T, schedule, guidance,
+                                                model.parameterization, generator=torch.Generator().manual_seed(0)),
+           "dpmpp_2m": lambda: sampling.sample_dpmpp_2m(lambda x, t, b: outputs, x_T, schedule, guidance,
+                                                        model.parameterization),
+           "unipc": lambda: sampling.sample_unipc(lambda x, t, b: outputs, x_T, schedule, guidance,
+                                                  model.parameterization)}
+    out = {}
+    with inference():
+        for name, fn in fns.items():
+            runs = [timed(fn, torch.device("cpu"))[1] for _ in range(repeats)]
+            out[name] = 1000 * statistics.median(runs) / steps
+    return out
 
 
 def run(args, log=print) -> dict:
@@ -182,6 +212,7 @@ def run(args, log=print) -> dict:
             **{k: gt.get(k) for k in ("rot_err", "trans_err", "cam_mc")},
             "failures": f"{gt['reconstruction_failures']}/{gt['videos']}",
             "note": "the same reconstruction on the ground-truth frames: the floor of the camera errors"}
+    report["sampler_overhead_ms_per_step"] = sampler_overhead(model)
     report["total_s"] = time.perf_counter() - start
     return _json_safe(report)  # a clip identical to the reference has PSNR inf: null in the JSON
 

@@ -334,5 +334,6 @@ def test_solver_benchmark_report_is_complete_and_consistent(tmp_path):
     assert rows["dpmpp_2m 1"]["psnr"] == pytest.approx(rows["ddim 1 eta 0"]["psnr"], abs=0.05)
     assert rows["dpmpp_2m 1"]["psnr_vs_ode"] is None and rows["dpmpp_2m 1"]["latent_rms_vs_ode"] == 0.0
     assert rows["ddim 1 eta 1"]["latent_rms_vs_ode"] > 0
+    assert set(report["sampler_overhead_ms_per_step"]) == {"ddim", "dpmpp_2m", "unipc"}
     table = bench.markdown_table(report)
     assert table.count("\n") == 1 + len(rows) and "RotErr" not in table
