@@ -3,13 +3,15 @@
 Steps (spec §6.1, §7.1, §7.7): the picture is resized to cover the model resolution and centre-cropped; intrinsics
 default to the demo's (90° across the long side); text and image contexts are encoded for every guidance branch
 that will run; the conditioning frame's latent is a VAE posterior sample; the camera condition is built once; then
-DDIM (`sampling.sample_ddim`) runs and the latent is decoded in chunks of frames.
+DDIM (`sampling.sample_ddim`, the reference) or a fewer-step solver (`sampler="dpmpp_2m"` or `"unipc"`) runs and the
+latent is decoded in chunks of frames.
 
 Random draws come from one seeded generator in the original's order (spec §7.7): VAE posterior noise for all T
-frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per step. `Draws` injects recorded values
-instead (golden replay). The generator lives on the CPU, so a seed gives the same video on any device. RealCam-I2V's
-noise shaping (`scene.NoiseShaping`, off by default) draws from a second stream (`shaping_generator`), so it leaves
-those draws unchanged.
+frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per DDIM step (the deterministic solvers draw
+none after x_T, so a seed gives every sampler the same x_T). `Draws` injects recorded values instead (golden
+replay). The generator lives on the CPU, so a seed gives the same video on any device. RealCam-I2V's noise shaping
+(`scene.NoiseShaping`, off by default) draws from a second stream (`shaping_generator`), so it leaves those draws
+unchanged.
 
 For ComfyUI the steps are also exposed separately: `sample_latent` returns the final latent, `decode_latent` decodes
 one, and `to_comfy_latent` / `from_comfy_latent` convert to and from the SD-style LATENT dict.
@@ -30,7 +32,8 @@ from einops import rearrange, repeat
 
 from . import camera as camera_maths
 from . import scene, settings
-from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
+from .sampling import (SAMPLERS, Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim, sample_dpmpp_2m,
+                       sample_unipc)
 from .errors import CamI2VError
 from .settings import DEFAULTS
 from .video_io import load_rgb
@@ -430,7 +433,7 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
                   cond_frame_index: int = DEFAULTS.cond_frame, trace_scale: float = DEFAULTS.trace_scale,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
                   batch_branches: bool = True, offload: bool = False, fit: str = "crop",
-                  noise_shaping: scene.NoiseShaping | None = None) -> torch.Tensor:
+                  noise_shaping: scene.NoiseShaping | None = None, sampler: str = "ddim") -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
@@ -439,7 +442,14 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
     (`describe_fit` says what it did). Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the
     UNet's own default fs value. `noise_shaping` (RealCam-I2V, off by default): a `scene.NoiseShaping` holding the
     `preview_scene` of the same picture, trajectory and fit; its renders pin the visible latents for t >= 900.
+    `sampler`: one of `sampling.SAMPLERS`; "ddim" is the original's sampler, "dpmpp_2m" and "unipc" are
+    deterministic ODE solvers meant for fewer steps (8-16) that ignore `eta`. All share the guidance.
     """
+    if sampler not in SAMPLERS:
+        raise PipelineError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
+    if noise_shaping is not None and sampler != "ddim":
+        raise PipelineError(f"RealCam-I2V's noise shaping runs with the DDIM sampler (as the original); got sampler "
+                            f"{sampler!r}: use 'ddim' or leave the scene out")
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)
     has_camera = model.config.camera is not None
@@ -462,6 +472,9 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         raise PipelineError(f"injected x_T has shape {tuple(x_T.shape)}; expected {shape}")
     noise_fn = None
     if draws.step_noise is not None:
+        if sampler != "ddim":
+            raise PipelineError(f"injected step noises are DDIM's; the {sampler!r} solver draws none. Leave "
+                                "Draws.step_noise unset or use sampler='ddim'")
         if len(draws.step_noise) != len(schedule):
             raise PipelineError(f"{len(draws.step_noise)} injected step noises for {len(schedule)} steps")
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
@@ -477,9 +490,13 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         latent_rgb = fit_latent_rgb(cond.c_concat[:, :, 0].float().cpu(), (cond.image.pixels.cpu() + 1) / 2)
         user_callback = callback
         callback = lambda info: user_callback(dataclasses.replace(info, latent_rgb=latent_rgb))  # noqa: E731
-    return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
-                       callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera,
-                       latent_hook=latent_hook)
+    if sampler == "ddim":
+        return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                           callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera,
+                           latent_hook=latent_hook)
+    solver = {"dpmpp_2m": sample_dpmpp_2m, "unipc": sample_unipc}[sampler]
+    return solver(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                  callback=callback, camera=has_camera)
 
 
 # -- RealCam-I2V's scene (realcam spec §3-4; the maths is in scene.py) ----------------------------------------------
@@ -628,7 +645,8 @@ def generate(model, image, trajectory, prompt: str = "", negative_prompt: str = 
     trajectory: a `trajectories.Trajectory`, a (w2c [T,4,4], intrinsics [T,4]) pair or w2c [T,4,4]. Its intrinsics
     are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Its unit meets the model's as
     `camera_scale` says (RealCam-I2V reads a path that is not metric as 0.5 m per unit, its demo's). Other keyword
-    arguments go to `sample_latent` (steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
+    arguments go to `sample_latent` (sampler, steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride,
+    callback, ...).
     """
     w2c, intrinsics = trajectory_arrays(trajectory)
     trace_scale, _ = camera_scale(trajectory, model.config.translation_unit,
