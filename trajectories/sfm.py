@@ -61,6 +61,7 @@ class Reconstruction:
     seconds: float
     estimated_intrinsics: bool = False
     features: list[int] = field(default_factory=list)  # SIFT features per frame
+    verified: list[int] = field(default_factory=list)  # geometrically verified matches per frame, over its pairs
 
     @property
     def registered(self) -> int:
@@ -231,7 +232,7 @@ def _match_and_map(s: _Setup, trial: int, seed: int) -> Reconstruction:
     index = {name: k for k, name in enumerate(s.names)}
     if not models:
         missing = {k: _why_missing(k, features, verified, None) for k in range(n)}
-        return Reconstruction({}, None, {}, missing, n, "no model", 0.0, s.estimate, features)
+        return Reconstruction({}, None, {}, missing, n, "no model", 0.0, s.estimate, features, verified)
     ranked = sorted(models.values(), key=lambda r: r.num_reg_images(), reverse=True)
     best = ranked[0]
     other_model = {}
@@ -262,7 +263,7 @@ def _match_and_map(s: _Setup, trial: int, seed: int) -> Reconstruction:
     intrinsics = np.array([fx / w, fy / h, cx / w, cy / h], dtype=np.float64)
     missing = {k: _why_missing(k, features, verified, other_model.get(k)) for k in range(n) if k not in w2c}
     status = "ok" if len(w2c) == n else "partial"
-    return Reconstruction(w2c, intrinsics, depths, missing, n, status, 0.0, s.estimate, features)
+    return Reconstruction(w2c, intrinsics, depths, missing, n, status, 0.0, s.estimate, features, verified)
 
 
 def _match_stats(pycolmap, db_path: Path, names) -> tuple[list[int], list[int]]:
