@@ -115,7 +115,8 @@ def _from_video(args) -> int:
     result = from_video.path_from_video(
         args.source, frames_out=args.frames or 16, sfm_frames=args.sfm_frames, size=args.sfm_size, progress=say,
         intrinsics=_intrinsics(args.intrinsics) if args.intrinsics else None, fov_deg=args.fov,
-        smooth_frames=args.smooth, normalize=args.normalize, seed=args.seed, threads=args.threads)
+        smooth_frames=args.smooth, normalize=args.normalize, seed=args.seed, threads=args.threads,
+        robust_features=args.robust_features)
     for line in result.report():
         print(line, file=sys.stderr)
     return _convert(result.path, SimpleNamespace(output=None, out=args.out, to=None, size=None))
@@ -143,6 +144,9 @@ def _from_video_parser(sub):
                    help="frames of the clip, evenly spaced, given to structure from motion (default %(default)s)")
     p.add_argument("--sfm-size", type=int, default=DEFAULT_SIZE,
                    help="long side in pixels of the frames structure from motion sees (default %(default)s)")
+    p.add_argument("--robust-features", action="store_true",
+                   help="SIFT with affine shapes and domain-size pooling: several times slower, finds more on small "
+                        "or soft frames")
     p.add_argument("--threads", type=int, default=-1, help="CPU threads (default -1: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the reconstruction (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

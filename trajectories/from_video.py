@@ -62,7 +62,7 @@ MIN_TURN_DEG = 5.0
 PLAUSIBLE_FOV_DEG = (20.0, 120.0)
 ASSUMED_FOV_DEG = 60.0  # a common horizontal field of view of phone and camera video
 _MIN_DEPTH_POINTS = 8
-_PROGRESS_EVERY = 0.1  # report reading progress every 10% of a long clip
+LONG_CLIP = 100  # frames: reading such a video reports its progress every 10%
 
 
 class VideoPathError(TrajectoryError):
@@ -185,14 +185,14 @@ def _read_video(path: Path, sfm_frames: int, size: int | None, say) -> Clip:
         wanted = _even(total, sfm_frames)
         keep = {int(i): k for k, i in enumerate(wanted)}
         frames: list[np.ndarray | None] = [None] * len(wanted)
-        step = max(1, int(total * _PROGRESS_EVERY))
+        step = max(1, total // 10)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for n, frame in enumerate(container.decode(stream)):
                 if n in keep:
                     frames[keep[n]] = _shrink(frame.to_image(), size)
-                if total > 10 * step and n % step == 0 and n:
+                if total >= LONG_CLIP and n % step == 0 and n:
                     say(f"reading {path.name}: frame {n} of {total}")
                 if n >= wanted[-1]:
                     break
@@ -292,15 +292,17 @@ def _failure(rec) -> str:
 
 def path_from_frames(frames, frames_out: int = 16, intrinsics=None, fov_deg: float | None = None,
                      smooth_frames: float = 0.0, normalize: str = "depth", sfm_frames: int = DEFAULT_SFM_FRAMES,
-                     size: int = DEFAULT_SIZE, seed: int = 0, threads: int = -1, indices=None, name: str = "the clip",
-                     progress: Callable[[str], None] | None = None, **sfm_options) -> VideoPath:
+                     size: int = DEFAULT_SIZE, seed: int = 0, threads: int = -1, robust_features: bool = False,
+                     indices=None, name: str = "the clip", progress: Callable[[str], None] | None = None,
+                     **sfm_options) -> VideoPath:
     """The camera path of frames [T,H,W,3] (uint8, or float 0..1: an IMAGE batch) -> VideoPath.
 
     frames_out: poses of the output path (the model's frames). intrinsics: normalised (fx, fy, cx, cy) [4], or
     fov_deg across the width, or neither to estimate them. smooth_frames: Gaussian sigma in output frames (0: none).
     normalize: "depth" or "length" (module docstring). sfm_frames: at most this many frames, evenly spaced, go to
-    structure from motion. indices: the frames' numbers in the clip (for messages; default 0..T-1).
-    sfm_options go to `trajectories.sfm.reconstruct` (e.g. robust_features, overlap).
+    structure from motion. robust_features: slower SIFT for small or soft frames (`trajectories.sfm`).
+    indices: the frames' numbers in the clip (for messages; default 0..T-1). progress: called with one line per
+    stage. sfm_options go to `trajectories.sfm.reconstruct` (e.g. trials, overlap).
     """
     from . import sfm
 
@@ -327,7 +329,8 @@ def path_from_frames(frames, frames_out: int = 16, intrinsics=None, fov_deg: flo
         if intrinsics.shape != (4,) or not np.isfinite(intrinsics).all() or (intrinsics[:2] <= 0).any():
             raise VideoPathError(f"intrinsics must be 4 numbers fx, fy, cx, cy (normalised by the width / height, "
                                  f"focal lengths > 0), found {intrinsics.tolist()}")
-    options = {"seed": seed, "size": size, "threads": threads, "progress": progress}
+    options = {"seed": seed, "size": size, "threads": threads, "progress": progress,
+               "robust_features": robust_features}
     options.update(sfm_options)
     rec = max(sfm.reconstruct(frames, intrinsics, **options), key=lambda r: r.registered)
     source, notes = ("given" if intrinsics is not None else "estimated"), []
