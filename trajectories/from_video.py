@@ -62,6 +62,10 @@ MIN_TURN_DEG = 5.0
 PLAUSIBLE_FOV_DEG = (20.0, 120.0)
 ASSUMED_FOV_DEG = 60.0  # a common horizontal field of view of phone and camera video
 _MIN_DEPTH_POINTS = 8
+# Two-view RANSAC threshold per 256 pixels of the long side. COLMAP's 4 px (made for full-size photos) admits
+# loose matches on 256-512 px frames, and a forward dolly then drifts in rotation by about half a degree per frame;
+# 1 px per 256 loses frames and accuracy on other clips (tried on synthetic rooms kept apart from the tests').
+RANSAC_PX_PER_256 = 1.5
 LONG_CLIP = 100  # frames: reading such a video reports its progress every 10%
 
 
@@ -330,7 +334,7 @@ def path_from_frames(frames, frames_out: int = 16, intrinsics=None, fov_deg: flo
             raise VideoPathError(f"intrinsics must be 4 numbers fx, fy, cx, cy (normalised by the width / height, "
                                  f"focal lengths > 0), found {intrinsics.tolist()}")
     options = {"seed": seed, "size": size, "threads": threads, "progress": progress,
-               "robust_features": robust_features}
+               "robust_features": robust_features, "max_error_px": max(1.0, RANSAC_PX_PER_256 * size / 256)}
     options.update(sfm_options)
     rec = max(sfm.reconstruct(frames, intrinsics, **options), key=lambda r: r.registered)
     source, notes = ("given" if intrinsics is not None else "estimated"), []

@@ -4,10 +4,11 @@ used by `trajectories.from_video` (camera paths copied from a clip) and by the e
 Per run: frames are resized (Lanczos) so that their long side is `size` pixels -- SIFT finds next to nothing on
 64x64 frames -- and written as PNGs; one pinhole camera is shared by all frames, either with the given intrinsics
 held fixed, or with the principal point at the centre and the focal length estimated (GLOMAP calibrates it from
-the two-view geometries, then bundle adjustment refines it); SIFT with affine-shape estimation and domain-size
-pooling; sequential matching with guided matching (by default every pair of a short clip); two-view verification
-(RANSAC, 4 px); the global mapper. The features are extracted once and every trial repeats the matching and
-mapping with its own random seed.
+the two-view geometries, then bundle adjustment refines it); SIFT features (by default with affine-shape
+estimation and domain-size pooling, as the evaluation needs on soft generated frames); sequential matching with
+guided matching (by default every pair of a short clip); two-view verification (RANSAC, by default the
+evaluation's 4 px; `from_video` uses a tighter one); the global mapper. The features are extracted once and every
+trial repeats the matching and mapping with its own random seed.
 
 Each trial keeps the model that registers the most frames and says, for every frame it lacks, why (too few
 features, no verified match, a separate model, or matched but not placed). pycolmap is imported when first needed
@@ -35,7 +36,6 @@ __all__ = ["SfMError", "Reconstruction", "require_pycolmap", "reconstruct", "to_
 PYCOLMAP_PIN = "pycolmap==4.2.1"
 # A frame with fewer SIFT features than this gives the mapper nothing to hold on to (blank, dark or blurred).
 MIN_FEATURES = 64
-_RANSAC_MAX_ERROR_PX = 4.0
 
 
 class SfMError(CamI2VError, RuntimeError):
@@ -126,7 +126,8 @@ def _write_frames(frames: np.ndarray, folder: Path, size: int) -> tuple[int, int
 
 
 def reconstruct(frames, intrinsics=None, trials: int = 1, seed: int = 0, size: int = 256, threads: int = 1,
-                overlap: int | None = None, robust_features: bool = True, workdir: str | os.PathLike | None = None, quiet: bool = True,
+                overlap: int | None = None, robust_features: bool = True, max_error_px: float = 4.0,
+                workdir: str | os.PathLike | None = None, quiet: bool = True,
                 progress: Callable[[str], None] | None = None) -> list[Reconstruction]:
     """Reconstruct the cameras of frames [T,H,W,3] (uint8, or float 0..1); one Reconstruction per trial (trial k
     uses random seed seed + k).
@@ -135,6 +136,7 @@ def reconstruct(frames, intrinsics=None, trials: int = 1, seed: int = 0, size: i
     height), held fixed; None estimates the focal length (square pixels, principal point at the centre).
     overlap: match each frame with the next `overlap` frames (None: every pair). robust_features: SIFT with
     affine shapes and domain-size pooling (several times slower; finds more on small or soft frames).
+    max_error_px: the two-view RANSAC threshold, in pixels of the resized frames.
     threads -1 uses every core.
     """
     pycolmap = require_pycolmap()
@@ -169,7 +171,8 @@ def reconstruct(frames, intrinsics=None, trials: int = 1, seed: int = 0, size: i
                                       camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                       extraction_options=extraction, device=pycolmap.Device.cpu)
         extract_seconds = time.perf_counter() - start
-        setup = _Setup(pycolmap, base_db, root, names, threads, overlap, quiet, intrinsics is None, (out_w, out_h))
+        setup = _Setup(pycolmap, base_db, root, names, threads, overlap, quiet, intrinsics is None, (out_w, out_h),
+                       float(max_error_px))
         for k in range(trials):
             trial_seed = int(seed) + k
             t0 = time.perf_counter()
@@ -199,6 +202,7 @@ class _Setup:
     quiet: bool
     estimate: bool
     size: tuple[int, int]  # (width, height) of the written frames
+    max_error_px: float
 
 
 def _match_and_map(s: _Setup, trial: int, seed: int) -> Reconstruction:
@@ -210,7 +214,7 @@ def _match_and_map(s: _Setup, trial: int, seed: int) -> Reconstruction:
     matching.guided_matching = True
     matching.max_num_matches = 65536
     verification = pycolmap.TwoViewGeometryOptions()
-    verification.ransac.max_error = _RANSAC_MAX_ERROR_PX
+    verification.ransac.max_error = s.max_error_px
     verification.ransac.random_seed = seed
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = max(pairing.overlap, n) if s.overlap is None else max(1, int(s.overlap))
