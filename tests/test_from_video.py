@@ -99,7 +99,7 @@ def check_recovery(path, true_w2c, intr, scene, fov_given: bool, report=()):
     rot_deg, trans_frac, c = path_errors(true_w2c, path.w2c)
     assert rot_deg < 1.0, (rot_deg, report)
     assert trans_frac < 0.10, (trans_frac, report)
-    assert np.allclose(path.w2c[0], np.eye(4), atol=1e-9)  # relative to the first frame
+    assert np.array_equal(path.w2c[0], np.eye(4))  # relative to the first frame
     assert path.aspect == pytest.approx(W / H)
     if fov_given:
         assert np.allclose(path.intrinsics, intr)

@@ -389,6 +389,9 @@ def path_from_frames(frames, frames_out: int = 16, intrinsics=None, fov_deg: flo
         dense = smooth(dense, smooth_frames * (len(dense) - 1) / max(1, frames_out - 1))
         notes.append(f"smoothed over {smooth_frames:g} output frames (Gaussian sigma)")
     path, fit_note = combinators.fit_frames(dense, frames_out)
+    w2c = path.w2c.copy()
+    w2c[0] = np.eye(4)  # exactly the identity, not w2c_0 · c2w_0 to round-off
+    path = Trajectory(w2c, path.intrinsics, path.aspect)
     if fit_note:
         notes.append(f"resampled the {len(dense)} reconstructed poses to {frames_out} evenly spaced poses")
     return VideoPath(path, [int(i) for i in indices], [number[k] for k in registered], missing,
