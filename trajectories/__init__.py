@@ -9,6 +9,7 @@ normalised intrinsics [T,4] (fx, fy, cx, cy) and the pose image aspect. User gui
     path = tj.load("my_path.json")                                   # pose JSON, RealEstate10K text, presets
     path = tj.load("colmap/sparse/0")                                # COLMAP text model; also transforms.json
     tj.write_colmap(path, "model/")                                 # to 3D tools: also tj.to_transforms_json(path)
+    path = tj.path_from_video("clip.mp4").path                       # copy a video's camera move (needs pycolmap)
     poses = path.to_cameractrl_poses()                               # ComfyUI CAMERACTRL_POSES
     tj.draw_path(path).save("path.png")
 """
@@ -19,6 +20,7 @@ from .colmap import from_colmap_text, read_colmap, to_colmap_text, write_colmap
 from .combinators import (add, concatenate, demo_resample, ease, fit_frames, interpolate, loop, resample, reverse,
                           scale, speed)
 from .errors import TrajectoryError, TrajectoryWarning
+from .from_video import VideoPathError, path_from_frames, path_from_video
 from .formats import (from_cameractrl_poses, from_json, from_realestate10k, load, read_text, to_cameractrl_poses,
                       to_json, to_realestate10k)
 from .nerfstudio import from_transforms_json, to_transforms_json
@@ -38,4 +40,5 @@ __all__ = [
     "to_cameractrl_poses", "from_transforms_json", "to_transforms_json", "read_colmap", "write_colmap",
     "from_colmap_text", "to_colmap_text",
     "draw_path", "warp_preview", "save_animation",
+    "path_from_video", "path_from_frames", "VideoPathError",
 ]
