@@ -7,6 +7,7 @@ optional `prev_poses` and continue from its last camera, so moves chain (Animate
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import trajectories as tj
 from cami2v_core.video_io import load_rgb
 
 from . import comfy_bridge
+
+log = logging.getLogger("CamI2V")
 
 POSES = "CAMERACTRL_POSES"
 EASES = tuple(tj.EASINGS)
@@ -340,6 +343,46 @@ EXAMPLE_JSON = json.dumps({"frames": [
     {"position": [-2.6, 0, 1.5], "look_at": [0, 0, 3]},
 ]}, indent=1)
 
+class CamI2VCameraFromVideo:
+    """Copy the camera move of a clip (an IMAGE batch, e.g. from ComfyUI's Load Video + Get Video Components)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "The clip's frames (at least 3; up to 32 evenly spaced are used)."}),
+                "poses_out": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Poses of the path: the "
+                              "model's frames (16 for the released models, 8 for the bundled one)."}),
+                "fov_deg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 170.0, "step": 0.5, "tooltip": "The "
+                            "clip's horizontal field of view in degrees; 0 = estimate it (needs some camera turn; "
+                            "a clip that mostly slides is read at an assumed 60 degrees, and the report says so)."}),
+                "smooth": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 8.0, "step": 0.25, "tooltip": "Gaussian "
+                           "smoothing of the recovered path, in output frames (0 = none)."}),
+                "normalize": (list(tj.from_video.NORMALIZATIONS), {"default": "depth", "tooltip": "Scale: depth = "
+                              "the near scene at distance 1 (RealEstate10K's convention, what CamI2V was trained "
+                              "on); length = the farthest camera 1 from the first (as the presets)."}),
+            },
+        }
+
+    RETURN_TYPES = (POSES, "STRING")
+    RETURN_NAMES = ("poses", "report")
+    OUTPUT_TOOLTIPS = ("The clip's camera path relative to its first frame, resampled to poses_out.",
+                       "Frames registered, frames missing with the reason, the field of view, the decisions made.")
+    FUNCTION = "recover"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Recovers the camera path of a video clip by structure from motion (pycolmap's global mapper), "
+                   "so a picture can move like the clip. Needs pycolmap (pip install pycolmap==4.2.1).")
+
+    def recover(self, frames, poses_out, fov_deg, smooth, normalize):
+        if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+            raise ValueError(f"expected an IMAGE batch [T,H,W,3] of the clip's frames; got {tuple(frames.shape)}")
+        result = tj.from_video.path_from_frames(frames[..., :3].cpu().numpy(), frames_out=poses_out,
+                                                fov_deg=fov_deg or None, smooth_frames=smooth, normalize=normalize,
+                                                progress=lambda line: log.info("%s", line))
+        report = "\n".join(result.report())
+        return {"ui": {"text": [report]}, "result": (to_poses(result.path), report)}
+
+
 CAMERA_NODES = {
     "CamI2VCameraPreset": CamI2VCameraPreset,
     "CamI2VCameraOrbit": CamI2VCameraOrbit,
@@ -352,4 +395,5 @@ CAMERA_NODES = {
     "CamI2VCameraLoadFile": CamI2VCameraLoadFile,
     "CamI2VCameraExport": CamI2VCameraExport,
     "CamI2VCameraPreview": CamI2VCameraPreview,
+    "CamI2VCameraFromVideo": CamI2VCameraFromVideo,
 }

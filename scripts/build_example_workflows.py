@@ -81,8 +81,8 @@ class Workflow:
                 node["widgets_values"].append(value)
                 if opts.get("control_after_generate"):
                     node["widgets_values"].append("fixed")
-                if opts.get("image_upload"):
-                    node["widgets_values"].append("image")
+                if opts.get("image_upload") or opts.get("video_upload"):
+                    node["widgets_values"].append("image")  # the upload button's value, as the frontend saves it
             else:
                 node["inputs"].append({"name": name, "type": kind, "link": None})
         if values:
@@ -170,6 +170,7 @@ QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
 CUSTOM_JSON = "CamI2V custom camera path from pose JSON, previewed (256 model)"
 VERSUS = "CamI2V vs CameraCtrl, one picture and camera path through both (256 models)"
 REALCAM = "RealCam-I2V metric camera with a depth-aware scene preview (512 model)"
+FROM_VIDEO = "CamI2V copy the camera move of a video, bundled tiny model (CPU)"
 
 MODEL_NOTE = ("Model: {what}\n\nThe loader lists the authors' release files by name; one that is not in "
               "models/cami2v yet is downloaded only when you switch on download_missing (or when you accept "
@@ -269,6 +270,29 @@ def main(bundled_frames: int = 8) -> None:
             size=(340, 420), title="Read me")
     wf.write(REALCAM, "RealCam-I2V: metric camera, depth-aware scene preview, scene-constrained noise shaping.",
              tj.preset("pan left", 16, 1.0, 1.0))
+
+    # 5. Video to video: the camera move of a clip, copied onto a picture (bundled tiny model).
+    wf = Workflow()
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    clip = wf.add("LoadVideo", (20, 420), file="example.mp4")
+    parts = wf.add("GetVideoComponents", (20, 700))
+    wf.connect(clip, "VIDEO", parts, "video")
+    model = loader(wf, (380, 700), BUNDLED_CHOICE)
+    cam = wf.add("CamI2VCameraFromVideo", (380, 40), poses_out=bundled_frames)
+    wf.connect(parts, "images", cam, "frames")
+    sampler_chain(wf, model, image, cam, 40, "a cosy room", "cami2v/from_video", steps=10)
+    moved = next(n for n in wf.nodes if n["type"] == "CamI2VSampler")
+    moved["pos"] = [760, 40]
+    shown = wf.add("PreviewAny", (380, 440), title="what the camera did")
+    wf.connect(cam, "report", shown, "source")
+    wf.note((380, 960), "Load a clip whose camera moves (a walk through a room, a pan across a street) into Load "
+            "Video and your picture into Load Image. Camera From Video recovers the clip's camera by structure "
+            "from motion (pycolmap, 32 frames at most) and its report says which frames registered and the field "
+            "of view it found; a clip whose camera only slides is read at an assumed 60 degrees, so give fov_deg "
+            "when you know it. poses_out must match the model: 8 for the bundled one, 16 for the release files.",
+            size=(360, 300), title="Read me")
+    wf.write(FROM_VIDEO, "Video to video: a clip's camera move copied onto a picture.", tj.orbit("left", 30.0, 3.0,
+                                                                                              bundled_frames))
 
 
 if __name__ == "__main__":

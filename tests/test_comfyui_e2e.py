@@ -65,6 +65,18 @@ def _input_picture(folder: Path) -> None:
     from tests.synthetic_photo import make_photo
 
     Image.fromarray(make_photo(256, 256, seed=3)).save(folder / "example.png")
+    import av
+
+    from tests.test_from_video import known_clip
+
+    video = known_clip("orbit_left")[0]  # a synthetic room filmed by a known orbit: the video-to-video example's clip
+    with av.open(str(folder / "example.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.height, stream.width = video.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +190,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
                 value = values.pop(0)
                 if opts.get("control_after_generate"):
                     values.pop(0)
-                if opts.get("image_upload"):
+                if opts.get("image_upload") or opts.get("video_upload"):
                     values.pop(0)
                 inputs[name] = value
             if name in linked:
@@ -295,3 +307,17 @@ def test_a_camera_path_of_another_length_is_resampled_and_reported(server, objec
     assert "16" in report and "8" in report and "resampled" in report, report
     assert "CamI2V Camera Resample / Retime" in report  # the node it names exists under that name
     print("sampler report:", report)
+
+
+def test_the_video_to_video_example_copies_the_clips_camera(server, object_info):
+    from scripts.build_example_workflows import FROM_VIDEO
+
+    base = server[0]
+    prompt, _ = convert(load_example(FROM_VIDEO), object_info)
+    sampler = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VSampler")
+    sampler["steps"] = 2
+    camera_id = next(k for k, n in prompt.items() if n["class_type"] == "CamI2VCameraFromVideo")
+    entry = _run(base, prompt, "the video-to-video example")
+    report = "\n".join(entry["outputs"][camera_id]["text"])
+    assert "sampled frames registered" in report, report
+    print("camera from video:", report.splitlines()[0])

@@ -373,3 +373,21 @@ def test_load_file_reads_3d_tools_cameras(tmp_path):
     for source in (tmp_path / "colmap", tmp_path / "colmap" / "images.txt", tmp_path / "transforms.json"):
         poses = NODES["CamI2VCameraLoadFile"]().load(str(source))[0]
         assert tj.Trajectory.from_cameractrl_poses(poses).allclose(path, atol=1e-6), source
+
+
+def test_camera_from_video_copies_a_clips_move_and_reports_what_it_did():
+    from tests.test_from_video import check_recovery, known_clip
+    from trajectories.sfm import require_pycolmap
+
+    require_pycolmap()
+    video, w2c, intr, scene = known_clip("dolly_in")
+    frames = torch.from_numpy(video).float() / 255  # an IMAGE batch, as a video loader gives it
+    out = NODES["CamI2VCameraFromVideo"]().recover(frames, len(video), 0.0, 0.0, "depth")
+    poses, report = out["result"]
+    assert out["ui"]["text"] == [report] and "sampled frames registered" in report
+    path = tj.Trajectory.from_cameractrl_poses(poses)
+    assert len(path) == len(video)
+    check_recovery(path, w2c, intr, scene, False, report.splitlines())
+    grey = torch.full((8, 48, 64, 3), 0.5)
+    with pytest.raises(ValueError, match="CamI2V Camera From Video: could not reconstruct the camera"):
+        NODES["CamI2VCameraFromVideo"]().recover(grey, 8, 0.0, 0.0, "depth")

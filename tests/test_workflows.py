@@ -48,7 +48,7 @@ def fresh_install_checkpoints():
 def check_widget(node_type, name, kind, opts, value):
     where = f"{node_type}.{name} = {value!r}"
     if isinstance(kind, list):
-        if node_type == "LoadImage":
+        if node_type in ("LoadImage", "LoadVideo"):
             assert isinstance(value, str) and value, where  # file lists depend on the user's folders
         elif name == "ckpt_name":  # must pass ComfyUI's list check on a fresh install, before any download
             assert value in fresh_install_checkpoints(), f"{where} is not listed on a fresh install"
@@ -115,7 +115,7 @@ def test_workflow_matches_node_definitions(path):
             check_widget(node["type"], name, kind, opts, values.pop(0))
             if opts.get("control_after_generate"):
                 assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
-            if opts.get("image_upload"):
+            if opts.get("image_upload") or opts.get("video_upload"):
                 values.pop(0)
         assert not values, f"{path.name}: {node['type']} has extra widget values {values}"
         for inp in node.get("inputs", []):
