@@ -221,7 +221,7 @@ class CamI2VCameraFromText:
     def parse(self, text):
         if not text.strip():
             raise ValueError("the text is empty; paste pose JSON or RealEstate10K lines")
-        return (to_poses(tj.formats.parse_text(text)),)
+        return (to_poses(tj.parse_text(text)),)
 
 
 class CamI2VCameraLoadFile:

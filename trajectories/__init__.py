@@ -21,10 +21,11 @@ from .combinators import (add, concatenate, demo_resample, ease, fit_frames, int
                           scale, speed)
 from .errors import TrajectoryError, TrajectoryWarning
 from .from_video import VideoPathError, path_from_frames, path_from_video
-from .formats import (from_cameractrl_poses, from_json, from_realestate10k, load, read_text, to_cameractrl_poses,
-                      to_json, to_realestate10k)
+from .formats import (from_cameractrl_poses, from_realestate10k, read_text, to_cameractrl_poses, to_json,
+                      to_realestate10k)
 from .nerfstudio import from_transforms_json, to_transforms_json
 from .presets import PRESETS, Preset, find_preset, preset, preset_path
+from .reading import from_json, load, parse_text
 from .preview import draw_path, save_animation, warp_preview
 from .trajectory import MAX_FRAMES, RIGID_KEEP_TOL, RIGID_REPAIR_TOL, Trajectory, default_intrinsics
 
@@ -36,7 +37,7 @@ __all__ = [
     "concatenate", "add", "reverse", "loop", "ease", "speed", "resample", "fit_frames", "demo_resample", "interpolate",
     "scale",
     "PRESETS", "Preset", "preset", "preset_path", "find_preset",
-    "load", "read_text", "from_json", "to_json", "from_realestate10k", "to_realestate10k", "from_cameractrl_poses",
+    "load", "parse_text", "read_text", "from_json", "to_json", "from_realestate10k", "to_realestate10k", "from_cameractrl_poses",
     "to_cameractrl_poses", "from_transforms_json", "to_transforms_json", "read_colmap", "write_colmap",
     "from_colmap_text", "to_colmap_text",
     "draw_path", "warp_preview", "save_animation",

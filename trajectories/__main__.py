@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import colmap, combinators, formats, nerfstudio, presets, preview
+from . import colmap, combinators, nerfstudio, presets, preview, reading
 from .errors import TrajectoryError
 from cami2v_core.errors import CamI2VError
 
@@ -35,7 +35,7 @@ def _path(args):
     name = presets.find_preset(args.path)
     if name is not None:
         return presets.preset(name, frames=args.frames or 16, ratio=args.ratio, scale=args.scale)
-    path = formats.load(Path(args.path) if Path(args.path).exists() else args.path)
+    path = reading.load(Path(args.path) if Path(args.path).exists() else args.path)
     if args.frames:
         path = combinators.resample(path, args.frames)
     return path.scaled(args.scale) if args.scale != 1.0 else path

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -209,9 +208,6 @@ def from_json(source) -> Trajectory:
     if not isinstance(data, dict):
         raise TrajectoryError(f"expected a pose JSON object with a 'frames' list (or a CAMERACTRL_POSES list), "
                               f"found {type(data).__name__}")
-    from . import nerfstudio  # a transforms.json is JSON too: its frames carry 'transform_matrix'
-    if nerfstudio.is_transforms(data):
-        return nerfstudio.from_transforms_json(data)
     _no_unknown_keys(data, _TOP_KEYS, None, "the top level")
     if "format" in data and data["format"] != JSON_FORMAT:
         raise TrajectoryError(f"'format' must be {JSON_FORMAT!r}, found {str(data['format'])[:40]!r}", field="format")
@@ -444,75 +440,3 @@ def _check_text(text, name: str = "the pose text") -> str:
     if len(text) > MAX_TEXT_BYTES:
         raise TrajectoryError(f"{name} is larger than the {MAX_TEXT_BYTES // 2**20} MiB limit")
     return text.lstrip("\ufeff")
-
-
-def parse_text(text) -> Trajectory:
-    """Pose text of any supported format -> Trajectory: '{' pose JSON, '[' CAMERACTRL_POSES JSON, else RealEstate10K."""
-    text = _check_text(text)
-    head = text.lstrip()[:1]
-    if head in ("{", "["):
-        return from_json(text)
-    return from_realestate10k(text)
-
-
-def load(source) -> Trajectory:
-    """A Trajectory from a preset name, a pose file path (pose JSON, RealEstate10K, transforms.json, a COLMAP text
-    model folder), pose text, a CAMERACTRL_POSES list, a parsed pose JSON dict, or a Trajectory (returned as is)."""
-    if isinstance(source, Trajectory):
-        return source
-    if isinstance(source, (list, tuple, np.ndarray)):
-        return from_cameractrl_poses(source)
-    if isinstance(source, dict):
-        return from_json(source)
-    if isinstance(source, (bytes, bytearray)):
-        return parse_text(source)
-    if isinstance(source, os.PathLike):
-        return _load_file(Path(source))
-    if not isinstance(source, str):
-        raise TrajectoryError(f"cannot read a camera path from {type(source).__name__}; give a preset name, a file "
-                              f"path, pose text or a CAMERACTRL_POSES list")
-    from .presets import find_preset, preset
-    if "\n" not in source and find_preset(source) is not None:
-        return preset(source)
-    stripped = source.strip()
-    if stripped[:1] in ("{", "[") or "\n" in stripped:
-        return parse_text(source)
-    if _is_file(source) or _is_dir(source):
-        return _load_file(Path(source))
-    if stripped and _looks_numeric(stripped):
-        return parse_text(source)
-    if Path(stripped).suffix.lower() in (".json", ".txt") or os.sep in stripped:
-        raise TrajectoryError(f"pose file {stripped[:200]!r} not found")
-    from .presets import PRESETS
-    raise TrajectoryError(f"{source[:80]!r} is not a preset name, an existing pose file, or pose text. Presets: "
-                          f"{', '.join(PRESETS)}")
-
-
-def _load_file(path: Path) -> Trajectory:
-    """A pose file, a transforms.json, or a COLMAP text model (its folder, cameras.txt or images.txt)."""
-    if path.is_dir() or path.name.lower() in ("cameras.txt", "images.txt"):
-        from .colmap import read_colmap
-        return read_colmap(path)
-    return parse_text(read_text(path))
-
-
-def _is_dir(text: str) -> bool:
-    try:
-        return len(text) < 4096 and Path(text).is_dir()
-    except (OSError, ValueError):
-        return False
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return len(text) < 4096 and Path(text).is_file()
-    except (OSError, ValueError):  # names the OS cannot even look up (NUL bytes, too long)
-        return False
-
-
-def _looks_numeric(line: str) -> bool:
-    try:
-        [float(w) for w in line.split()]
-    except ValueError:
-        return False
-    return True
