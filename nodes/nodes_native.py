@@ -40,7 +40,7 @@ from cami2v_core.settings import DEFAULTS
 
 from . import comfy_bridge
 from .nodes_sample import placed, sampler_inputs
-from .registry import DISPLAY_NAMES, node_name
+from .registry import node_name
 
 CATEGORY = "CamI2V/native"
 # Conditioning entry keys the model reads (ComfyUI passes every entry of a conditioning dict to `extra_conds`).
@@ -167,7 +167,7 @@ def frames_of(x: torch.Tensor) -> torch.Tensor:
 
 # -- the ComfyUI classes (built on first use, so the pack imports without ComfyUI) ---------------------------------
 
-def require_comfy(what: str):
+def require_comfy():
     """Import the comfy modules a native node needs, or say that it only works inside ComfyUI."""
     try:
         import comfy.conds
@@ -180,7 +180,7 @@ def require_comfy(what: str):
         import comfy.supported_models_base
         import comfy.utils
     except ImportError as e:
-        raise NativeError(f"{what} needs ComfyUI (could not import {e.name}); outside ComfyUI use "
+        raise NativeError(f"native sampling needs ComfyUI (could not import {e.name}); outside ComfyUI use "
                           f"{node_name('CamI2VSampler')} or `python -m cami2v_core generate`") from e
     return comfy
 
@@ -188,7 +188,7 @@ def require_comfy(what: str):
 @functools.cache
 def comfy_classes():
     """The BaseModel, model-sampling, cond and guider classes, defined against the running ComfyUI."""
-    comfy = require_comfy("native sampling")
+    comfy = require_comfy()
 
     class PerVideo(comfy.conds.CONDRegular):
         """A per-video tensor [1, ...], repeated to the number of videos in the latent batch (not its frames)."""
@@ -287,7 +287,7 @@ def comfy_classes():
 
         def __init__(self, handle):
             net = handle.model
-            config = CamI2VConfig({})
+            config = CamI2VConfig({"disable_unet_model_creation": True})
             config.latent_format = comfy.latent_formats.SD15(scale_factor=float(net.config.scale_factor))
             if not math.isclose(net.config.scale_factor, 0.18215):
                 config.latent_format.latent_rgb_factors = None  # SD's preview colours would mislead for this VAE
@@ -449,7 +449,7 @@ def rescale_cfg_function(phi: float):
 
 def comfy_model(handle, guidance_rescale: float):
     """The ModelPatcher around a CAMI2V_MODEL's UNet (one BaseModel per loaded model, so ComfyUI counts it once)."""
-    comfy = require_comfy(DISPLAY_NAMES["CamI2VToComfyModel"])
+    comfy = require_comfy()
     classes = comfy_classes()
     base = getattr(handle, "_comfy_base_model", None)
     if base is None:
