@@ -331,8 +331,10 @@ def comfy_classes():
                                   f"the conditioning picture (concat {got}); use the LATENT of "
                                   f"{node_name('CamI2VImageToVideo')} with its positive and negative")
             device, dtype = x.device, self.get_dtype()
-            if next(self.diffusion_model.parameters()).device != device:
-                self.diffusion_model.to(device)  # moved behind ComfyUI's back by the reference sampler
+            if getattr(self, "model_lowvram", False) or next(self.diffusion_model.parameters()).device != device:
+                # Plain torch layers cannot be streamed by ComfyUI's partial loading, and the reference sampler may
+                # have moved the UNet behind ComfyUI's back: either way, put all of it where the latent is.
+                self.diffusion_model.to(device)
             camera = kwargs.get("camera", None)
             if camera is not None and camera.batch_size is not None:
                 camera = camera.to(device)
@@ -448,16 +450,16 @@ def rescale_cfg_function(phi: float):
 
 
 def comfy_model(handle, guidance_rescale: float):
-    """The ModelPatcher around a CAMI2V_MODEL's UNet (one BaseModel per loaded model, so ComfyUI counts it once)."""
+    """A ModelPatcher for a CAMI2V_MODEL's UNet: a clone of one patcher kept with the loaded model, so ComfyUI
+    sees one model (the BaseModel lives as long as the CamI2V model, and the clones of each run refer to it)."""
     comfy = require_comfy()
-    classes = comfy_classes()
-    base = getattr(handle, "_comfy_base_model", None)
+    base = getattr(handle, "_comfy_patcher", None)
     if base is None:
-        base = classes.BaseModel(handle)
-        handle._comfy_base_model = base
-    mm = comfy.model_management
-    patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
+        mm = comfy.model_management
+        base = comfy.model_patcher.ModelPatcher(comfy_classes().BaseModel(handle), load_device=mm.get_torch_device(),
+                                                offload_device=mm.unet_offload_device())
+        handle._comfy_patcher = base
+    patcher = base.clone()
     if guidance_rescale > 0:
         patcher.set_model_sampler_cfg_function(rescale_cfg_function(float(guidance_rescale)))
     return patcher

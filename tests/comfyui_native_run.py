@@ -1,13 +1,14 @@
 """Run inside a real ComfyUI's Python (tests/test_native.py starts it): native sampling against the reference node.
 
-    python tests/comfyui_native_run.py COMFYUI_DIR [--roundoff] CASE [CASE ...]  ->  one JSON line on stdout
+    python tests/comfyui_native_run.py COMFYUI_DIR [--roundoff=CASE,...] CASE ...  ->  one JSON line on stdout
 
 Each case samples the same picture, camera path and starting noise twice: with the CamI2V Sampler node (eta 0, the
 reference) and through ComfyUI (KSampler's `comfy.sample.sample`, or a SamplerCustomAdvanced-style
-`guider.sample`), and reports the largest latent difference. The starting noise is the one the reference node
-draws from its seed (replayed here: the conditioning's draws, then x_T), handed to ComfyUI as its noise. Round-off
-is measured, not assumed: the reference is re-run from x_T moved by one float32 ulp, and that spread is reported as
-`roundoff` beside each difference.
+`guider.sample`), and reports the largest latent difference. The reference node runs untouched, drawing from its
+seed; ComfyUI gets the x_T the node drew (replayed here: the conditioning's draws, then x_T) as its noise.
+Round-off is measured, not assumed: for the --roundoff cases the reference is re-run from x_T moved by one float32
+ulp, and that spread is reported as `roundoff`. `schedules` reports for which step counts ComfyUI's `simple` and
+`ddim_uniform` schedulers visit the reference's uniform_trailing and uniform grids.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def handle_for(variant: str):
     """The bundled model, or its weights under a changed schedule (eps / dynamic rescale) to test that maths."""
     from cami2v_core import load_model
     from cami2v_core.bundled import bundled_model_path
+    from cami2v_core.model import schedule_buffers
     from cami2v_core.configs import resolve_config
     from nodes.nodes_model import CamI2VModelHandle
 
@@ -53,8 +55,11 @@ def handle_for(variant: str):
     else:
         changes = {"eps": dict(parameterization="eps", rescale_betas_zero_snr=False),
                    "dynamic_rescale": dict(use_dynamic_rescale=True, base_scale=0.7, turning_step=400)}[variant]
-        net = load_model(path, dtype="fp32", config=dataclasses.replace(resolve_config(base.config), **changes))
-        net.register_schedule()  # the file's buffers are the zero-SNR ones; recompute for the changed schedule
+        config = dataclasses.replace(resolve_config(base.config), **changes)
+        # Same weights, other schedule buffers (the file's are the zero-SNR ones; scale_arr is new).
+        state = {**base.state_dict(), **schedule_buffers(config)}
+        net = load_model(state, dtype="fp32", config=config)
+        net.register_schedule()
     return CamI2VModelHandle(net, variant, net.dtype, "auto", True)
 
 
@@ -171,11 +176,9 @@ def schedule_report() -> dict:
 
 def main(argv) -> None:
     comfy_dir, names = argv[1], [a for a in argv[2:] if not a.startswith("--")]
-    roundoff = "--roundoff" in argv
+    roundoff_cases = {c for a in argv[2:] if a.startswith("--roundoff=") for c in a.split("=", 1)[1].split(",")}
     setup(comfy_dir)
     import torch
-
-    import nodes.nodes_native  # noqa: F401  (fails early if the pack does not import)
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     results = {}
@@ -197,12 +200,13 @@ def main(argv) -> None:
         results[name] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                          "max_abs_reference": float(reference.abs().max()), "settings": changes,
                          "variant": variant, "path": path, "scheduler": scheduler, "sampler": sampler_name}
-        if roundoff:
+        if name in roundoff_cases:
             # The reference's own sensitivity to round-off: x_T moved by one float32 ulp (random sign per entry).
             sign = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1)).sign()
             moved = run_reference(handle, image, camera, settings, x_T * (1 + sign * 2.0 ** -23))
             results[name]["roundoff"] = float((moved - reference).abs().max())
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)  # progress, kept if a later case fails
     print(json.dumps(results))
 
 
