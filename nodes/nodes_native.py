@@ -16,10 +16,11 @@ point where sampling ends and the noise. The reference ends on ᾱ_0, not on a c
 512 and bundled models start from ᾱ = 0 (zero terminal SNR), where ComfyUI's usual sigma = sqrt((1-ᾱ)/ᾱ) is
 infinite. So with d = √ᾱ_0, c = √(1-ᾱ_0) and P0 = d·x0 + c·eps (where DDIM's last step lands), the model's
 "sigma" is s ∈ [0, 1] and its latent y = (1-s)·P0 + s·eps, a flow-style (CONST) parameterisation:
-    s(t) = (d√(1-ᾱ_t) - c√ᾱ_t) / (d√(1-ᾱ_t) + (1-c)√ᾱ_t),    x_t = γ(t)·y,  γ(t) = √(1-ᾱ_t) / (c + (1-c)·s(t))
+    s(t) = (d√(1-ᾱ_t) - c√ᾱ_t) / (d√(1-ᾱ_t) + (1-c)√ᾱ_t)
+    x_t = γ(t)·y,  γ(t) = √(1-ᾱ_t) / (c + (1-c)·s(t))
 s = 0 is ᾱ_0 and s = 1 is ᾱ = 0; "denoised" is P0. Every ComfyUI scheduler ends on s = 0, which is where the
 reference ends, so KSampler's `ddim` with the `simple` scheduler (t = 999, 959, ..., the reference's
-uniform_trailing grid whenever 1000/steps leaves no remainder of 0.5 or more) replays the reference step by step.
+uniform_trailing grid when the step count divides 1000: 10, 20, 25, 50, ...) replays the reference step by step.
 The 512 models' dynamic rescale moves x0 between the current and the next timestep's scale (spec §7.5), which
 needs the next step: it is read from the sampler's sigma list, exact for Euler/ddim and approximate for others.
 """
@@ -39,12 +40,13 @@ from cami2v_core.sampling import CAMERA_SCHEDULES, Guidance, combine_guidance, d
 from cami2v_core.settings import DEFAULTS
 
 from . import comfy_bridge
-from .nodes_sample import placed, sampler_inputs
+from .nodes_sample import CamI2VSampler, placed, sampler_inputs
 from .registry import node_name
 
 CATEGORY = "CamI2V/native"
 # Conditioning entry keys the model reads (ComfyUI passes every entry of a conditioning dict to `extra_conds`).
-CONCAT_KEY, FS_KEY, CAMERA_KEY, IMAGE_CONTEXT_KEY = "cami2v_concat", "cami2v_fs", "cami2v_camera", "cami2v_image_context"
+CONCAT_KEY, FS_KEY, CAMERA_KEY = "cami2v_concat", "cami2v_fs", "cami2v_camera"
+IMAGE_CONTEXT_KEY = "cami2v_image_context"  # the positive's image-only branch context (negative text + picture)
 # ComfyUI's guider branch names for the reference's guidance branches (sampling.BRANCHES).
 GUIDER_CONDS = {"cond": "positive", "uncond": "negative", "image": "cami2v_image", "nocam": "cami2v_nocam"}
 
@@ -507,8 +509,6 @@ class CamI2VImageToVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from .nodes_sample import CamI2VSampler
-
         ref = {**CamI2VSampler.INPUT_TYPES()["required"], **CamI2VSampler.INPUT_TYPES()["optional"]}
         seed = (ref["seed"][0], {**ref["seed"][1], "tooltip": "Seeds the picture's VAE latent and CamI2V's "
                 "camera perturbation (the CamI2V Sampler's first draws); the sampler's own seed makes the noise."})
@@ -564,8 +564,6 @@ class CamI2VGuider:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from .nodes_sample import CamI2VSampler
-
         ref = CamI2VSampler.INPUT_TYPES()["required"]
         return {
             "required": {
