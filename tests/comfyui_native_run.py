@@ -120,10 +120,7 @@ def run_reference(handle, image, camera, settings, x_T=None):
 
 def run_native(handle, image, camera, settings, path, scheduler, x_T, sampler_name="ddim"):
     """The same through ComfyUI: KSampler (comfy.sample.sample) or guider.sample as SamplerCustomAdvanced does."""
-    import comfy.sample
-    import comfy.samplers
-
-    from nodes.nodes_native import CamI2VGuider, CamI2VImageToVideo, CamI2VToComfyModel, frames_of
+    from nodes.nodes_native import CamI2VImageToVideo, CamI2VToComfyModel, frames_of
 
     rescale = settings["guidance_rescale"]
     model = CamI2VToComfyModel().convert(handle, rescale if path == "ksampler" else 0.0)[0]
@@ -131,6 +128,24 @@ def run_native(handle, image, camera, settings, path, scheduler, x_T, sampler_na
         handle, image, settings["prompt"], settings["negative_prompt"], settings["seed"], settings["frame_stride"],
         settings["trace_scale"], settings["cond_frame"], camera=camera)["result"]
     noise = frames_of(x_T)
+    # Record how many videos each UNet call carries: the branches sharing the camera should go as one batch.
+    net, batches = handle.model, []
+    real_apply = net.apply_model
+    net.apply_model = lambda x, *a, **k: batches.append(int(x.shape[0])) or real_apply(x, *a, **k)
+    try:
+        raw = _sample(model, positive, negative, latent, settings, path, scheduler, noise, sampler_name, rescale)
+    finally:
+        del net.apply_model
+    assert latent["cami2v_scaled"] is False
+    return raw.float().cpu() * float(handle.model.scale_factor), batches  # ComfyUI's LATENT is in VAE units
+
+
+def _sample(model, positive, negative, latent, settings, path, scheduler, noise, sampler_name, rescale):
+    import comfy.sample
+    import comfy.samplers
+
+    from nodes.nodes_native import CamI2VGuider
+
     if path == "ksampler":
         assert settings["cfg_text"] == settings["cfg_image"] and settings["cfg_camera"] == 1
         raw = comfy.sample.sample(model, noise, settings["steps"], settings["cfg_text"], sampler_name, scheduler,
@@ -142,8 +157,7 @@ def run_native(handle, image, camera, settings, path, scheduler, x_T, sampler_na
                                                  settings["steps"])
         raw = guider.sample(noise, latent["samples"], comfy.samplers.sampler_object(sampler_name), sigmas,
                             seed=settings["seed"], disable_pbar=True)
-    assert latent["cami2v_scaled"] is False
-    return raw.float().cpu() * float(handle.model.scale_factor)  # ComfyUI's LATENT is in VAE units
+    return raw
 
 
 def schedule_report() -> dict:
@@ -195,11 +209,12 @@ def main(argv) -> None:
         reference = run_reference(handle, image, camera, settings)  # the node as it is, drawing from its seed
         x_T = reference_x_T(handle, image, camera, settings)
         sampler_name = "dpmpp_2m" if name.endswith("dpmpp_2m") else "ddim"
-        native = run_native(handle, image, camera, settings, path, scheduler, x_T, sampler_name)
+        native, batches = run_native(handle, image, camera, settings, path, scheduler, x_T, sampler_name)
         diff = (native - reference).abs()
         results[name] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                          "max_abs_reference": float(reference.abs().max()), "settings": changes,
-                         "variant": variant, "path": path, "scheduler": scheduler, "sampler": sampler_name}
+                         "variant": variant, "path": path, "scheduler": scheduler, "sampler": sampler_name,
+                         "unet_calls": len(batches), "videos_per_call": sorted(set(batches))}
         if name in roundoff_cases:
             # The reference's own sensitivity to round-off: x_T moved by one float32 ulp (random sign per entry).
             sign = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1)).sign()

@@ -199,6 +199,20 @@ def test_comfyui_sampling_reproduces_the_reference_sampler(parity, name):
 
 @pytest.mark.comfyui
 @needs_comfyui
+@pytest.mark.parametrize("name", PARITY_CASES)
+def test_branches_sharing_the_camera_go_through_the_unet_together(parity, name):
+    """As in the reference: cond, uncond and image in one UNet batch per step; the no-camera branch on its own."""
+    r = parity[name]
+    settings = {"cfg_text": 5.5, "cfg_image": 5.5, "cfg_camera": 1.0, "steps": 10, **r["settings"]}
+    branches = Guidance(settings["cfg_text"], settings["cfg_image"], settings["cfg_camera"]).branches()
+    shared = len([b for b in branches if b != "nocam"])
+    calls_per_step = 1 + ("nocam" in branches)
+    assert r["unet_calls"] == settings["steps"] * calls_per_step, r
+    assert r["videos_per_call"] == sorted({shared, 1} if "nocam" in branches else {shared}), r
+
+
+@pytest.mark.comfyui
+@needs_comfyui
 def test_simple_scheduler_visits_the_reference_grid_when_steps_divide_1000(parity):
     simple = parity["schedules"]["simple"]
     divisors = [n for n in range(1, 101) if 1000 % n == 0]
