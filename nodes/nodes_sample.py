@@ -63,6 +63,39 @@ def placed(handle, device: torch.device):
             handle.model.to(comfy_bridge.offload_device())
 
 
+def sampler_inputs(net, image, camera, cond_frame: int, fit: str, trace_scale: float = 1.0,
+                   node_id: str = "CamI2VSampler"):
+    """Check a sampling node's picture and camera for the model `net` and log what was adapted.
+
+    -> (picture [H,W,3], w2c [T,4,4], normalised intrinsics [T,4] or None, the translation factor to sample with
+    (trace_scale met with the path's and the model's units, pipeline.camera_scale), notes: list of sentences)."""
+    frames = net.config.temporal_length
+    has_camera_input = net.config.camera is not None
+    if camera is None and has_camera_input:
+        raise ValueError(f"this {net.config.variant} model follows a camera path: connect a camera node "
+                         f"(e.g. {node_name('CamI2VCameraPreset')}) to the camera input")
+    if camera is not None and not has_camera_input:
+        raise ValueError(f"this checkpoint is {net.config.variant}, which has no camera input, so the camera "
+                         f"path would be ignored; load a CamI2V, CameraCtrl or MotionCtrl checkpoint, or "
+                         f"disconnect the camera")
+    if not 0 <= cond_frame < frames:
+        raise ValueError(f"cond_frame must be between 0 and {frames - 1} for this {frames}-frame model; got "
+                         f"{cond_frame}")
+    picture = single_image(image)
+    fit_note = pipeline.describe_fit(tuple(picture.shape[:2]), net.config.resolution, fit)
+    notes = [fit_note] if fit_note else []
+    if camera is not None:
+        traj, note = camera_path(camera, frames)
+        trace_scale, unit_note = pipeline.camera_scale(traj, net.config.translation_unit, trace_scale)
+        notes += [n for n in (note, unit_note) if n]
+        w2c, intrinsics = np.asarray(traj.w2c), np.asarray(traj.intrinsics)
+    else:
+        w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+    for note in notes:
+        log.warning("%s: %s", DISPLAY_NAMES[node_id], note)
+    return picture, w2c, intrinsics, float(trace_scale), notes
+
+
 class CamI2VSampler:
     """Sample a camera-controlled video latent from one picture."""
 
@@ -143,34 +176,14 @@ class CamI2VSampler:
                use_camera_intrinsics=False, fit="crop", scene=None):
         net = model.model
         frames = net.config.temporal_length
-        has_camera_input = net.config.camera is not None
-        if camera is None and has_camera_input:
-            raise ValueError(f"this {net.config.variant} model follows a camera path: connect a camera node "
-                             f"(e.g. {node_name('CamI2VCameraPreset')}) to the sampler's camera input")
-        if camera is not None and not has_camera_input:
-            raise ValueError(f"this checkpoint is {net.config.variant}, which has no camera input, so the camera "
-                             f"path would be ignored; load a CamI2V, CameraCtrl or MotionCtrl checkpoint, or "
-                             f"disconnect the camera")
-        if not 0 <= cond_frame < frames:
-            raise ValueError(f"cond_frame must be between 0 and {frames - 1} for this {frames}-frame model; got "
-                             f"{cond_frame}")
-        picture = single_image(image)
-        fit_note = pipeline.describe_fit(tuple(picture.shape[:2]), net.config.resolution, fit)
-        notes = [fit_note] if fit_note else []
-        if camera is not None:
-            traj, note = camera_path(camera, frames)
-            trace_scale, unit_note = pipeline.camera_scale(traj, net.config.translation_unit, trace_scale)
-            notes += [n for n in (note, unit_note) if n]
-            w2c, intrinsics = np.asarray(traj.w2c), np.asarray(traj.intrinsics)
-        else:
-            w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+        picture, w2c, intrinsics, trace_scale, notes = sampler_inputs(net, image, camera, cond_frame, fit,
+                                                                      trace_scale)
         from .nodes_realcam import noise_shaping_for  # (that module imports this one)
 
         shaping = noise_shaping_for(scene, frames, cond_frame, trace_scale)
         if shaping is not None:
             notes.append("scene-constrained noise shaping on (steps with t >= 900 start from the rendered scene)")
-        for note in notes:
-            log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], note)
+            log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], notes[-1])
         device = comfy_bridge.torch_device()
         progress = comfy_bridge.Progress(steps)
 
@@ -215,7 +228,8 @@ class CamI2VDecode:
         return {
             "required": {
                 "model": ("CAMI2V_MODEL", {"tooltip": "The model that sampled the latent (its VAE decodes)."}),
-                "latent": ("LATENT", {"tooltip": f"From {node_name('CamI2VSampler')}."}),
+                "latent": ("LATENT", {"tooltip": f"From {node_name('CamI2VSampler')}, or from KSampler / "
+                           f"SamplerCustomAdvanced on the inputs of {node_name('CamI2VImageToVideo')}."}),
                 "frames_per_chunk": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames decoded at "
                                      "once; lower it if decoding runs out of memory (the result is the same)."}),
             },
@@ -234,6 +248,9 @@ class CamI2VDecode:
         if not isinstance(latent, dict) or "samples" not in latent:
             raise ValueError(f"expected a LATENT from {node_name('CamI2VSampler')}")
         samples = latent["samples"]
+        if latent.get("cami2v_scaled", True) is False:
+            # A latent from ComfyUI's own samplers is in VAE units (its latent format divided the scale out).
+            samples = samples * float(model.model.scale_factor)
         with placed(model, comfy_bridge.torch_device()) as net:
             frames = pipeline.decode_latent(net, samples.to(net.device, net.dtype), frames_per_chunk,
                                             offload=not model.keep_loaded)

@@ -167,6 +167,8 @@ def sampler_chain(wf: Workflow, model, image, camera, y: int, prompt: str, prefi
 
 
 QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
+KSAMPLER = "CamI2V with KSampler, bundled tiny model (CPU)"
+GUIDER = "CamI2V with SamplerCustomAdvanced and the CamI2V guider, bundled tiny model (CPU)"
 CUSTOM_JSON = "CamI2V custom camera path from pose JSON, previewed (256 model)"
 VERSUS = "CamI2V vs CameraCtrl, one picture and camera path through both (256 models)"
 REALCAM = "RealCam-I2V metric camera with a depth-aware scene preview (512 model)"
@@ -177,6 +179,88 @@ MODEL_NOTE = ("Model: {what}\n\nThe loader lists the authors' release files by n
               "ComfyUI's missing-model dialog). README > Models has the table.")
 PICTURE_NOTE = ("Your picture: load any photo here (any size; the sampler's fit input says how another shape meets "
                 "the model's frame). Describe it in the sampler's prompt.")
+
+
+def native_conditioning(wf: Workflow, frames: int, prompt: str):
+    """Picture, bundled model and orbit -> (loader, To ComfyUI Model, Image To Video) at the left of the graph."""
+    from nodes.nodes_model import BUNDLED_CHOICE
+
+    image = wf.add("LoadImage", (20, 40), image="example.png")
+    model = loader(wf, (20, 420), BUNDLED_CHOICE)
+    cam = wf.add("CamI2VCameraOrbit", (380, 420), direction="left", degrees=30.0, distance=3.0, frames=frames)
+    native = wf.add("CamI2VToComfyModel", (380, 40))
+    wf.connect(model, "model", native, "model")
+    cond = wf.add("CamI2VImageToVideo", (760, 300), prompt=prompt)
+    wf.connect(model, "model", cond, "model")
+    wf.connect(image, "IMAGE", cond, "image")
+    wf.connect(cam, "poses", cond, "camera")
+    return model, native, cond
+
+
+def decode_chain(wf: Workflow, model, latent_node, output: str, x: int, y: int, prefix: str) -> None:
+    """CamI2V Decode -> CreateVideo -> SaveVideo for a sampled latent, from column x."""
+    d = wf.add("CamI2VDecode", (x, y))
+    wf.connect(model, "model", d, "model")
+    wf.connect(latent_node, output, d, "latent")
+    v = wf.add("CreateVideo", (x + 340, y))
+    wf.connect(d, "frames", v, "images")
+    wf.connect(d, "fps", v, "fps")
+    save = wf.add("SaveVideo", (x + 660, y), filename_prefix=prefix)
+    wf.connect(v, "VIDEO", save, "video")
+
+
+NATIVE_NOTE = ("Exact vs approximate: with sampler ddim and scheduler simple, a step count that divides 1000 "
+               "(10, 20, 25, 50) and the same starting noise, this replays the CamI2V Sampler at eta 0 to float "
+               "round-off. ComfyUI draws its own starting noise from its seed, so the video differs from the CamI2V "
+               "Sampler's for the same seed. Other samplers and schedulers work too; they are approximations of "
+               "their own (README > Native ComfyUI sampling).")
+
+
+def native_examples(frames: int) -> None:
+    """The two native-sampling templates: KSampler, and SamplerCustomAdvanced with the CamI2V guider."""
+    wf = Workflow()
+    model, native, cond = native_conditioning(wf, frames, "a cosy room")
+    ks = wf.add("KSampler", (1120, 40), steps=10, cfg=5.5, sampler_name="ddim", scheduler="simple")
+    wf.connect(native, "model", ks, "model")
+    wf.connect(cond, "positive", ks, "positive")
+    wf.connect(cond, "negative", ks, "negative")
+    wf.connect(cond, "latent", ks, "latent_image")
+    decode_chain(wf, model, ks, "LATENT", 1120, 420, "cami2v/ksampler")
+    report = wf.add("PreviewAny", (760, 720), title="what the conditioning adapted")
+    wf.connect(cond, "report", report, "source")
+    wf.note((20, 640), "KSampler drives the CamI2V model like any ComfyUI model: To ComfyUI Model turns the "
+            "loaded UNet into a MODEL, Image To Video encodes picture, prompt and camera once. cfg is the joint "
+            "text-and-image scale (the CamI2V Sampler's cfg_text = cfg_image); guidance_rescale sits on To "
+            "ComfyUI Model.\n\n" + NATIVE_NOTE, size=(340, 360), title="Read me")
+    wf.write(KSAMPLER, "Orbit left with ComfyUI's KSampler (ddim, simple) on the bundled tiny model.",
+             tj.orbit("left", 30.0, 3.0, frames))
+
+    wf = Workflow()
+    model, native, cond = native_conditioning(wf, frames, "a cosy room")
+    guider = wf.add("CamI2VGuider", (1120, 40), cfg_text=7.0, cfg_image=3.0)
+    wf.connect(native, "model", guider, "model")
+    wf.connect(cond, "positive", guider, "positive")
+    wf.connect(cond, "negative", guider, "negative")
+    noise = wf.add("RandomNoise", (1120, 330))
+    pick = wf.add("KSamplerSelect", (1120, 450), sampler_name="ddim")
+    sigmas = wf.add("BasicScheduler", (1120, 550), scheduler="simple", steps=10)
+    wf.connect(native, "model", sigmas, "model")
+    run = wf.add("SamplerCustomAdvanced", (1460, 40))
+    wf.connect(noise, "NOISE", run, "noise")
+    wf.connect(guider, "guider", run, "guider")
+    wf.connect(pick, "SAMPLER", run, "sampler")
+    wf.connect(sigmas, "SIGMAS", run, "sigmas")
+    wf.connect(cond, "latent", run, "latent_image")
+    decode_chain(wf, model, run, "output", 1120, 720, "cami2v/guider")
+    report = wf.add("PreviewAny", (760, 720), title="what the conditioning adapted")
+    wf.connect(cond, "report", report, "source")
+    wf.note((20, 640), "SamplerCustomAdvanced with the CamI2V Guider keeps the CamI2V Sampler's separate "
+            "scales: cfg_text, cfg_image (different from cfg_text adds an image-only branch), cfg_camera (1 = off, "
+            "above 1 adds a no-camera branch) with its constant/cosine schedule, and guidance_rescale. Swap "
+            "KSamplerSelect and BasicScheduler for any of ComfyUI's.\n\n" + NATIVE_NOTE, size=(340, 400),
+            title="Read me")
+    wf.write(GUIDER, "Separate text and image scales through SamplerCustomAdvanced and the CamI2V guider.",
+             tj.orbit("left", 30.0, 3.0, frames))
 
 
 def main(bundled_frames: int = 8) -> None:
@@ -293,6 +377,9 @@ def main(bundled_frames: int = 8) -> None:
             size=(360, 300), title="Read me")
     wf.write(FROM_VIDEO, "Video to video: a clip's camera move copied onto a picture.", tj.orbit("left", 30.0, 3.0,
                                                                                               bundled_frames))
+
+    # 4 and 5. Native ComfyUI sampling: KSampler, and SamplerCustomAdvanced with the CamI2V guider.
+    native_examples(bundled_frames)
 
 
 if __name__ == "__main__":

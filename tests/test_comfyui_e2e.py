@@ -3,8 +3,8 @@
 Starts ComfyUI on 127.0.0.1 with this repo linked into custom_nodes and checks that the pack imports without errors,
 that /object_info lists every node with the inputs and outputs the classes declare, that the example workflows are
 served as templates, that every example converts to API format and passes ComfyUI's own prompt validation, and
-runs the quick-start workflow on the CPU to a saved .mp4 whose frames are counted and decoded. Skipped when
-COMFYUI_DIR is not set.
+runs the quick-start workflow and the two native-sampling ones (KSampler; SamplerCustomAdvanced with the CamI2V
+guider) on the CPU to saved .mp4s whose frames are counted and decoded. Skipped when COMFYUI_DIR is not set.
 
 UI -> API conversion uses comfy-cli's converter (a port of the frontend's graphToPrompt) when `comfy_cli` imports
 (`pip install comfy-cli`), cross-checked against the small converter here; without it, the small converter alone.
@@ -321,3 +321,40 @@ def test_the_video_to_video_example_copies_the_clips_camera(server, object_info)
     report = "\n".join(entry["outputs"][camera_id]["text"])
     assert "sampled frames registered" in report, report
     print("camera from video:", report.splitlines()[0])
+
+
+def _saved_video_frames(entry: dict, out_dir: Path):
+    """The frames and frame rate of the one .mp4 a finished prompt saved."""
+    import av
+
+    saved = [item for out in entry["outputs"].values() for item in out.get("images", []) + out.get("videos", [])]
+    videos = [out_dir / s["subfolder"] / s["filename"] for s in saved if s["filename"].endswith(".mp4")]
+    assert len(videos) == 1 and videos[0].is_file(), f"expected one saved .mp4, history lists {saved}"
+    with av.open(str(videos[0])) as container:
+        stream = container.streams.video[0]
+        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], float(stream.average_rate)
+
+
+@pytest.mark.parametrize("which", ["KSAMPLER", "GUIDER"])
+def test_native_sampling_workflows_run_to_a_saved_video(server, object_info, which):
+    """KSampler, and SamplerCustomAdvanced with the CamI2V guider, driving the bundled model as a ComfyUI MODEL."""
+    import numpy as np
+
+    from scripts import build_example_workflows as examples
+
+    base, out_dir, _ = server
+    name = getattr(examples, which)
+    prompt, _ = convert(load_example(name), object_info)
+    kinds = {n["class_type"] for n in prompt.values()}
+    assert {"CamI2VToComfyModel", "CamI2VImageToVideo"} <= kinds
+    assert ("KSampler" in kinds) if which == "KSAMPLER" else {"SamplerCustomAdvanced", "CamI2VGuider"} <= kinds
+    for node in prompt.values():
+        if node["class_type"] in ("KSampler", "BasicScheduler"):
+            node["inputs"]["steps"] = 3  # keep the run short on a CPU
+    orbit = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VCameraOrbit")
+    cond = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VImageToVideo")
+    frames, rate = _saved_video_frames(_run(base, prompt, name), out_dir)
+    assert len(frames) == orbit["frames"], f"{len(frames)} frames decoded, the camera path has {orbit['frames']}"
+    assert abs(rate - DEFAULTS.playback_fps(cond["frame_stride"])) < 0.01
+    assert float(np.std(frames[0])) > 1.0 and float(np.std(frames[-1])) > 1.0, "a blank frame"
+    print(f"{name}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} at {rate} fps")
