@@ -92,11 +92,12 @@ def reference_x_T(handle, image, camera, settings):
     from nodes.nodes_sample import sampler_inputs
 
     net = handle.model
-    picture, w2c, _, _ = sampler_inputs(net, image, camera, settings["cond_frame"], "crop")
+    picture, w2c, _, trace_scale, _ = sampler_inputs(net, image, camera, settings["cond_frame"], "crop",
+                                                     settings["trace_scale"])
     generator = pipeline.make_generator(settings["seed"])
     guidance = Guidance(settings["cfg_text"], settings["cfg_image"], settings["cfg_camera"])
     cond = pipeline.encode_conditioning(net, picture, w2c, None, settings["prompt"], settings["negative_prompt"],
-                                        settings["frame_stride"], settings["cond_frame"], settings["trace_scale"],
+                                        settings["frame_stride"], settings["cond_frame"], trace_scale,
                                         guidance.branches(camera=True), generator)
     return randn((1, net.config.channels, net.config.temporal_length, *cond.c_concat.shape[-2:]), generator)
 
