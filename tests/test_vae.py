@@ -8,7 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from cami2v_core.modules.vae import AutoencoderKL
+from cami2v_core.modules.vae import AttnBlock, AutoencoderKL
 from tests.devices import is_default
 from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
 
@@ -233,3 +233,28 @@ def test_original_yaml_params_pass_straight_through():
     params = OmegaConf.to_container(config.model.params.first_stage_config.params, resolve=True)
     model = AutoencoderKL(**params)
     assert model.encode(torch.zeros(1, 3, 64, 64))[0].shape == (1, 4, 8, 8)
+
+
+@torch.no_grad()
+def test_fp16_attention_block_runs_in_fp32_where_fp16_products_overflow():
+    from cami2v_core.modules import attention
+
+    torch.manual_seed(0)
+    block = AttnBlock(64).eval()
+    for conv in (block.q, block.k):
+        conv.weight.mul_(100.0)  # |q.k| over 64 channels reaches ~1e5, past fp16's 65504
+    x = torch.randn(2, 64, 4, 4)
+    q = rearrange(block.q(block.norm(x)), "n c h w -> n 1 (h w) c")
+    k = rearrange(block.k(block.norm(x)), "n c h w -> n 1 (h w) c")
+    assert (q @ k.transpose(-1, -2)).abs().max() > 65504  # the case this is about
+    previous = attention.get_backend()
+    attention.set_backend("math")  # the products formed in the input dtype, as SDPA's math fallback does
+    try:
+        plain = attention.attention_math(q.half(), k.half(), q.half())
+        assert not torch.isfinite(plain).all()  # without the island: inf - inf in the softmax
+        got = block.half()(x.half())
+    finally:
+        attention.set_backend(previous)
+    reference = block.float()(x)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), reference, atol=2e-2 * float(reference.abs().max()), rtol=2e-2)
