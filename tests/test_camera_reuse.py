@@ -88,5 +88,73 @@ def test_condition_holds_the_gathered_form_only(counted):
 def test_auto_keeps_small_masks_dense_in_the_condition(counted):
     model, counters = counted
     cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
-    assert all(torch.is_tensor(m) and m.dtype == torch.bool for m in cond.camera.epipolar_masks.values())
+    masks = cond.camera.epipolar_masks
+    assert masks and all(isinstance(m, epi.DenseEpipolarMask) for m in masks.values())
     assert counters["layouts"].calls == 0
+    # the dense form stands for exactly the masks camera.py built, with the register columns padded once
+    built = model.prepare_camera(cond.K.new_tensor(_orbit_w2c())[None], cond.K, torch.tensor([0]),
+                                 generator=torch.Generator().manual_seed(0)).epipolar_masks
+    for stride, mask in masks.items():
+        assert mask.shape == tuple(built[stride].shape)
+        padded = mask.attention_mask(torch.float32, "cpu")
+        assert padded.dtype == torch.bool and bool(padded[..., :4].all())
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: the off-CPU path (additive bias), without a GPU
+def test_dense_masks_are_padded_and_biased_once_per_video(counted, monkeypatch, device):
+    """The dense kernel's mask (padded register columns; off the CPU an additive bias) is made once per camera
+    path and dtype, then handed to every block of every step as a view, not rebuilt per UNet call."""
+    model, _ = counted
+    epi.set_kernel("dense")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    finals = Counter(epi._aligned_bias)
+    monkeypatch.setattr(epi, "_aligned_bias", finals)
+    seen = set()
+    calls = Counter(epi.DenseEpipolarMask.attention_mask)
+
+    def attention_mask(self, dtype, dev):
+        out = calls(self, dtype, dev)
+        seen.add(id(out._base))  # the tensor the view was taken of
+        return out
+
+    monkeypatch.setattr(epi.DenseEpipolarMask, "attention_mask", attention_mask)
+    camera = cond.camera.to(device)
+    for _ in range(3):  # three steps of two guidance branches
+        for name, mask in camera.repeat_batch(2).epipolar_masks.items():
+            mask.attention_mask(torch.float16, torch.device(device))
+    levels = len(cond.camera.epipolar_masks)
+    assert calls.calls == 3 * levels and len(seen) == levels  # one storage per level, whatever the call
+    assert finals.calls == (levels if device == "meta" else 0)  # the bias: off the CPU only, once per level
+    out = camera.repeat_batch(2).epipolar_masks[8].attention_mask(torch.float16, torch.device(device))
+    assert out.shape == (2, 512, 516) and out.stride(0) == 0  # the branches are a view of one video's form
+    if device == "meta":
+        assert out.dtype == torch.float16 and out.stride(1) % epi.DenseEpipolarMask.ALIGN == 0
+
+
+@pytest.mark.parametrize("kernel", ["dense", "gathered"])
+def test_step_loop_reads_no_value_off_the_cpu(kernel):
+    """The denoising loop (UNet with its camera condition, guidance, DDIM update) never asks the device for a value:
+    on CUDA each such read (.item(), bool(), .tolist(), .nonzero()) waits for every queued kernel. On the meta
+    device, whose tensors have no values, any read raises, so running the loop there proves there is none."""
+    import copy
+
+    from cami2v_core.pipeline import make_denoiser
+    from cami2v_core.sampling import Guidance, make_ddim_schedule, sample_ddim
+
+    epi.set_kernel(kernel)
+    model = _tiny_model("cami2v")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley",
+                               branches=("cond", "uncond", "nocam"))
+    schedule = make_ddim_schedule(model.alphas_cumprod, 2, eta=1.0)
+    meta = copy.deepcopy(model).to("meta")
+    cond = cond.__class__(**{**cond.__dict__, "context": {k: v.to("meta") for k, v in cond.context.items()},
+                             "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
+                             "camera": cond.camera.to("meta")})
+    kinds = {type(m) for m in cond.camera.epipolar_masks.values()}
+    assert kinds == {EpipolarBlockMask if kernel == "gathered" else epi.DenseEpipolarMask}
+    x_T = torch.randn(1, 4, 8, 8, 8).to("meta")
+    with torch.no_grad():
+        guidance = Guidance(cfg_text=5.0, cfg_camera=2.0, rescale=0.7)
+        out = sample_ddim(make_denoiser(meta, cond), x_T, schedule, guidance,
+                          generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == x_T.shape
