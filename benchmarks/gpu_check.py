@@ -587,9 +587,9 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                         _, seconds = timed_median(lambda: module(x, None, batch), device, plan.repeats, plan.warmup)
                     rec.add(f"{label} sdpa", "ok", seconds * 1e3, "ms", None, "", f"{tokens} tokens, {plan.dtype}, "
                             f"batch {batch}")
-            scores = batch * heads * tokens * tokens * torch.finfo(dtype).bits // 8
-            rec.add(f"{label} math backend", "skipped", note=f"not run: its score matrix alone is "
-                    f"{human_bytes(scores)} (batch {batch}, {heads} heads, {tokens}^2)", score_bytes=scores)
+            with rec.case(f"{label} math backend", needs_s=1) as run:
+                if run:
+                    _math_refusal_case(rec, label, batch, heads, tokens, dim // heads, device, dtype)
             continue
         mask, frames, cells = _level_mask(config, stride)
         mask = mask.to(device)
@@ -624,6 +624,21 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
         if device.type == "cuda" and not flex_done:  # compiling takes ~30 s: the largest level only
             flex_done = True
             _flex_case(plan, rec, label, module, x, mask, batch, registers, outputs.get("dense"))
+
+
+def _math_refusal_case(rec, label, batch, heads, tokens, head_dim, device, dtype) -> None:
+    """Whether the math backend refuses the unmasked level (its score matrix against free memory); never run."""
+    from cami2v_core.modules import attention
+
+    q = torch.empty(batch, heads, tokens, head_dim, device=device, dtype=dtype)
+    need = attention.math_bytes(q, q)
+    try:
+        attention.check_math_fits(q, q)
+        verdict = f"fits the free memory: would run (not run here, {human_bytes(need)})"
+    except attention.AttentionMemoryError as e:
+        verdict = f"refused: {str(e).split(': use')[0]}"
+    rec.add(f"{label} math backend", "skipped", None, "", None, "", verdict, score_bytes=need // 2,
+            math_bytes=need)
 
 
 def _flex_case(plan, rec, label, module, x, mask, batch, registers, reference) -> None:

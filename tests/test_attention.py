@@ -64,3 +64,32 @@ def test_unknown_backend_is_refused_with_choices():
 def test_split_merge_roundtrip():
     x = torch.randn(2, 5, 12)
     assert torch.equal(A.merge_heads(A.split_heads(x, 3)), x)
+
+
+def test_math_backend_is_refused_where_its_scores_do_not_fit(monkeypatch, backend):
+    from cami2v_core.errors import CamI2VError
+
+    q = torch.randn(2, 3, 64, 8)
+    need = A.math_bytes(q, q)
+    assert need == 2 * 2 * 3 * 64 * 64 * 4  # the scores and their softmax, fp32
+    monkeypatch.setattr(A, "MATH_CHECK_BYTES", 0)  # check even this small call
+    monkeypatch.setattr(A, "free_bytes", lambda device: need - 1)
+    A.set_backend("math")
+    with pytest.raises(A.AttentionMemoryError, match="'sdpa'") as caught:
+        A.attention(q, q, q)
+    assert isinstance(caught.value, CamI2VError) and "2x3x64x64" in str(caught.value)
+    monkeypatch.setattr(A, "free_bytes", lambda device: need)  # just enough: it runs
+    torch.testing.assert_close(A.attention(q, q, q), A.attention_math(q, q, q))
+    monkeypatch.setattr(A, "free_bytes", lambda device: 0)
+    A.set_backend("sdpa")  # SDPA never forms the matrix: never refused
+    torch.testing.assert_close(A.attention(q, q, q), A.attention_math(q, q, q), atol=1e-5, rtol=1e-5)
+
+
+def test_small_math_calls_do_not_ask_for_free_memory(monkeypatch, backend):
+    def no_query(device):
+        raise AssertionError("free memory was queried for a small call")
+
+    monkeypatch.setattr(A, "free_bytes", no_query)
+    A.set_backend("math")
+    q = torch.randn(1, 2, 16, 8)
+    assert A.attention(q, q, q).shape == q.shape  # under MATH_CHECK_BYTES: no driver call per attention
