@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from cami2v_core.modules import epipolar as epipolar_module
-from cami2v_core.pipeline import Conditioning, compact_camera, make_denoiser
+from cami2v_core.pipeline import Conditioning, make_denoiser
 from cami2v_core.sampling import Guidance, make_ddim_schedule, sample_ddim
 
 from .harness import PeakMemory, inference, machine_info, summary, tensor_bytes, timed
@@ -75,8 +75,6 @@ def prepare_camera(model, w2c, K, frames: int, device: torch.device, seed: int):
         camera = model.prepare_camera(w2c, K, torch.tensor([0]), generator=generator)
         if model.pose_encoder is not None and device.type == "cuda":
             model.pose_encoder.to("cpu")  # runs once per video: off the GPU while the UNet samples
-        # as the pipeline does: only the gathered form of the masks the kernel gathers is kept
-        camera = compact_camera(model, camera, device, frames)
         if camera is not None and camera.epipolar_masks is not None:
             registers = int(model.config.epipolar.get("num_register_tokens", 0))
             info.update(epipolar_module.prepare_masks(camera.epipolar_masks, frames, registers, device))

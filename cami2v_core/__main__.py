@@ -40,10 +40,7 @@ def _inspect(args) -> int:
         "preset": preset,
         "translation_unit": config.translation_unit,
         "config_source": source,
-        "dtypes": stats["dtypes"],
-        "keys": stats["keys"],
-        "parameters": stats["parts"],
-        "total": stats["numel"],
+        **_stats_fields(stats),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -53,6 +50,11 @@ def _inspect(args) -> int:
           f"{config.parameterization}-prediction  (preset: {preset or 'custom'}; {source})")
     _print_stats(stats)
     return 0
+
+
+def _stats_fields(stats: dict) -> dict:
+    """The size fields `inspect` reports for any file (checkpoint.summarize's numbers under their JSON names)."""
+    return {"dtypes": stats["dtypes"], "keys": stats["keys"], "parameters": stats["parts"], "total": stats["numel"]}
 
 
 def _inspect_partial(args, path, sd, partial, stats) -> int:
@@ -73,10 +75,7 @@ def _inspect_partial(args, path, sd, partial, stats) -> int:
         "translation_unit": config.translation_unit if config else None,
         "base": {"file": partial.base.label if partial.base else "DynamiCrafter model.ckpt",
                  "url": partial.base.url if partial.base else None, "found": found},
-        "dtypes": stats["dtypes"],
-        "keys": stats["keys"],
-        "parameters": stats["parts"],
-        "total": stats["numel"],
+        **_stats_fields(stats),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -221,9 +220,11 @@ def _generate(args) -> int:
         model = load_model(ckpt, device=device, dtype=dtype, config=args.config, base=args.base,
                            search_dirs=args.search_dir or (), vae_dtype=args.vae_dtype)
         trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
+        _, unit_note = pipeline.camera_scale(trajectory, model.config.translation_unit, args.trace_scale)
         fit_note = pipeline.describe_fit(tuple(image.shape[:2]), model.config.resolution, args.fit)
-        if fit_note:
-            print(f"note: {fit_note}", file=sys.stderr)
+        for note in (unit_note, fit_note):
+            if note:
+                print(f"note: {note}", file=sys.stderr)
 
         bar = None
         if not args.quiet:
@@ -239,8 +240,9 @@ def _generate(args) -> int:
             frames = pipeline.generate(
                 model, image, trajectory, args.prompt, args.negative_prompt,
                 use_trajectory_intrinsics=args.pose_intrinsics, decode_chunk=args.decode_chunk, offload=args.offload,
-                steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image, cfg_camera=args.cfg_camera,
-                camera_schedule=args.camera_schedule, guidance_rescale=args.rescale, eta=args.eta, seed=args.seed,
+                sampler=args.sampler, steps=args.steps, cfg_text=args.cfg_text, cfg_image=args.cfg_image,
+                cfg_camera=args.cfg_camera, camera_schedule=args.camera_schedule, guidance_rescale=args.rescale,
+                eta=args.eta, seed=args.seed,
                 frame_stride=args.frame_stride, cond_frame_index=args.cond_frame, trace_scale=args.trace_scale,
                 callback=progress, fit=args.fit)
         finally:
@@ -264,7 +266,7 @@ def _generate(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from .sampling import CAMERA_SCHEDULES
+    from .sampling import CAMERA_SCHEDULES, SAMPLERS
 
     p = sub.add_parser("generate", help="image + camera path + prompt -> video (.gif / .webp / .mp4)",
                        description="Generate a camera-controlled video from one picture. Without --ckpt the bundled "
@@ -288,8 +290,11 @@ def _add_generate(sub) -> None:
     _add_base_arguments(p)
     p.add_argument("--config", default=None,
                    help="preset name or original YAML, for checkpoints whose model cannot be detected")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim: the original's sampler (default); dpmpp_2m, unipc: deterministic ODE solvers for "
+                        "fewer steps (8-16), which ignore --eta")
     p.add_argument("--steps", type=_positive_int, default=DEFAULTS.steps,
-                   help=f"DDIM steps (default {DEFAULTS.steps})")
+                   help=f"sampling steps = guided model calls (default {DEFAULTS.steps}, the released DDIM setting)")
     p.add_argument("--cfg-text", type=float, default=DEFAULTS.cfg_text,
                    help=f"text guidance scale (default {DEFAULTS.cfg_text}, the demo's; the paper's tables use 7.5)")
     p.add_argument("--cfg-image", type=float, default=None,
@@ -300,13 +305,17 @@ def _add_generate(sub) -> None:
                    help="camera guidance weight over time (default constant)")
     p.add_argument("--rescale", type=float, default=DEFAULTS.guidance_rescale,
                    help=f"guidance rescale phi in [0, 1] (default {DEFAULTS.guidance_rescale})")
-    p.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM eta: 1 = stochastic (released), 0 = deterministic")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"random seed (default {DEFAULTS.seed}, the demo's)")
+    p.add_argument("--eta", type=float, default=DEFAULTS.eta,
+                   help="DDIM eta: 1 = stochastic (released), 0 = deterministic; unused by the other samplers")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                   help=f"random seed (default {DEFAULTS.seed}, the demo's)")
     p.add_argument("--frame-stride", type=_positive_int, default=DEFAULTS.frame_stride,
                    help=f"frame stride conditioning: larger = more motion (default {DEFAULTS.frame_stride}, the "
                         f"demo's; the paper's evaluation uses 8)")
-    p.add_argument("--trace-scale", type=float, default=DEFAULTS.trace_scale, help="multiply the camera path's translations")
-    p.add_argument("--cond-frame", type=int, default=DEFAULTS.cond_frame, help="index of the frame the picture becomes (default 0)")
+    p.add_argument("--trace-scale", type=float, default=DEFAULTS.trace_scale,
+                   help="multiply the camera path's translations (RealCam-I2V: see README, how far does 1.0 move)")
+    p.add_argument("--cond-frame", type=int, default=DEFAULTS.cond_frame,
+                   help="index of the frame the picture becomes (default 0)")
     p.add_argument("--pose-intrinsics", action="store_true",
                    help="use the camera file's intrinsics instead of the demo's 90-degree default")
     p.add_argument("--fps", type=float, default=None,

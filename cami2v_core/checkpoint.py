@@ -25,6 +25,7 @@ import torch
 
 from .configs import PRESETS, ConfigError, ModelConfig, VARIANTS
 from .errors import CamI2VError
+from .files import atomic_write
 
 CONFIG_METADATA_KEY = "cami2v_config"  # safetensors header entry holding ModelConfig.to_json()
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -41,6 +42,28 @@ _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 class CheckpointError(CamI2VError, ValueError):
     """A checkpoint that cannot be used; the message says what was found and what to do."""
+
+
+# Where every "download it again" points: the README table lists each release file with its link.
+_REDOWNLOAD = "download it again from the link in the model table of README.md (section Models)"
+_SAFE_OPTIONS = ("get the .safetensors release of this model (or the release file from the model table of README.md, "
+                 "which loads safely), or convert it to .safetensors yourself on a machine where you trust the file; "
+                 "`python -m cami2v_core convert` refuses it too, because it reads files the same safe way")
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
+# torch.save's legacy (non-zip) format begins with a protocol-2 pickle of this magic number (torch/serialization.py).
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+class DamagedCheckpointError(CheckpointError):
+    """An empty, truncated or corrupted checkpoint file (an interrupted download or copy)."""
+
+
+class NotACheckpointError(CheckpointError):
+    """A file that holds no weights at all: a web page, a Git LFS pointer, other text, or unknown bytes."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that needs Python code to load; loading never runs code from a file, so it is refused."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +97,17 @@ def load_state_dict(path: str | os.PathLike, dtype: str | torch.dtype | None = N
     kind = _sniff_format(path)
     if kind == "safetensors":
         header, metadata = read_safetensors_header(path)
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         sd = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            # One tensor at a time: cast and move it before reading the next, so a dtype change never holds
-            # the file's copy and the converted copy of the whole model at once.
-            for key in header:
-                sd[key] = _cast(f.get_tensor(key), dtype, device)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                # One tensor at a time: cast and move it before reading the next, so a dtype change never holds
+                # the file's copy and the converted copy of the whole model at once.
+                for key in header:
+                    sd[key] = _cast(f.get_tensor(key), dtype, device)
+        except SafetensorError as e:  # the header passed our checks but its offsets do not describe the data
+            raise DamagedCheckpointError(f"{path} is a damaged safetensors file ({e}); {_REDOWNLOAD}") from None
         return normalize_state_dict(sd, str(path)), metadata
     obj = _torch_load(path)
     sd = normalize_state_dict(obj, str(path))
@@ -108,24 +134,30 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes long, too short to be a safetensors file; it is probably an "
-                                  "interrupted download: download it again")
+            raise DamagedCheckpointError(f"{path} is {size} bytes long, too short to be a safetensors file; it is "
+                                         f"probably an interrupted download: {_REDOWNLOAD}")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise CheckpointError(f"{path} is truncated: its safetensors header says {n} header bytes but the file has "
-                                  f"only {size} bytes; the download or copy was interrupted: download it again")
+            raise DamagedCheckpointError(f"{path} is truncated: its safetensors header says {n} header bytes but the "
+                                         f"file has only {size} bytes; the download or copy was interrupted: "
+                                         f"{_REDOWNLOAD}")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is not a valid safetensors file (its header is not JSON: {e}); if it is a "
-                                  "PyTorch .pt/.ckpt file with the wrong extension, rename it") from e
+            raise DamagedCheckpointError(f"{path} is a damaged safetensors file (its header is not valid JSON: {e}); "
+                                         f"{_REDOWNLOAD}") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a valid safetensors file (header is not a JSON object)")
+        raise DamagedCheckpointError(f"{path} is a damaged safetensors file (its header is not a JSON object); "
+                                     f"{_REDOWNLOAD}")
     metadata = header.pop("__metadata__", None) or {}
+    bad = [k for k, v in header.items() if not _valid_entry(v)]
+    if bad or not isinstance(metadata, dict):
+        raise DamagedCheckpointError(f"{path} is a damaged safetensors file (header entries "
+                                     f"{bad[:3] or ['__metadata__']} are not tensor descriptions); {_REDOWNLOAD}")
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: its header describes {8 + n + end} bytes but the file has only "
-                              f"{size}; the download or copy was interrupted: download it again")
+        raise DamagedCheckpointError(f"{path} is truncated: its header describes {8 + n + end} bytes but the file has "
+                                     f"only {size}; the download or copy was interrupted: {_REDOWNLOAD}")
     unknown = {v["dtype"] for v in header.values()} - set(_ST_DTYPES)
     if unknown:
         raise CheckpointError(f"{path} holds tensors of dtype {sorted(unknown)}, which CamI2V checkpoints never use; "
@@ -133,24 +165,73 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], d
     return header, dict(metadata)
 
 
+def _valid_entry(v) -> bool:
+    """A safetensors header entry: {"dtype": str, "shape": [int, ...], "data_offsets": [begin, end]}."""
+    return (isinstance(v, dict) and isinstance(v.get("dtype"), str) and isinstance(v.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in v["shape"]) and isinstance(v.get("data_offsets"), list)
+            and len(v["data_offsets"]) == 2 and all(isinstance(o, int) and o >= 0 for o in v["data_offsets"]))
+
+
 def _sniff_format(path: Path) -> str:
-    """'safetensors' or 'torch' from the file's first bytes (extensions are often wrong)."""
+    """'safetensors' or 'torch' from the file's first bytes (extensions are often wrong); anything else raises."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it (one of "
                               f"{', '.join('*' + s for s in CHECKPOINT_SUFFIXES)})")
+    size = path.stat().st_size
+    if size == 0:
+        raise DamagedCheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish; {_REDOWNLOAD}")
     with open(path, "rb") as f:
-        head = f.read(16)
-    # safetensors first: its 8-byte header length may itself start with 0x80.
-    if head[8:9] == b"{":
+        head = f.read(1024)
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself. Checked first, since the
+    # length may itself start with 0x80 or "PK"; read_safetensors_header reports a header cut short.
+    if len(head) > 8 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= _MAX_SAFETENSORS_HEADER:
         return "safetensors"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # zip (torch >= 1.6) or a raw pickle (legacy torch.save)
+    if head.startswith(b"PK\x03\x04"):  # a zip archive: torch.save since torch 1.6
         return "torch"
-    if path.suffix == ".safetensors":
-        return "safetensors"  # let the header reader explain what is wrong with it
-    raise CheckpointError(f"{path} is neither a safetensors file nor a PyTorch checkpoint (unrecognised first bytes "
-                          f"{head[:8]!r}); expected a .safetensors, .pt or .ckpt file")
+    if head.startswith(_LEGACY_TORCH_MAGIC):  # torch.save(..., _use_new_zipfile_serialization=False)
+        return "torch"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise UnsafeCheckpointError(f"{path} cannot be loaded safely: it is a plain Python pickle, neither a "
+                                    f"safetensors file nor a PyTorch checkpoint (torch.save); {_SAFE_OPTIONS}")
+    text = _as_text(head)
+    if text is not None:
+        raise NotACheckpointError(_describe_text(path, size, text))
+    if size < 16:
+        raise DamagedCheckpointError(f"{path} is only {size} bytes, too short to be a checkpoint: the download or "
+                                     f"copy was interrupted; {_REDOWNLOAD}")
+    raise NotACheckpointError(f"{path} is neither a safetensors file nor a PyTorch checkpoint: its first bytes "
+                              f"{head[:8]!r} match no weights format (safetensors, PyTorch zip or pickle), so it is "
+                              f"damaged or another kind of file; {_REDOWNLOAD}")
+
+
+def _as_text(head: bytes) -> str | None:
+    """The first bytes as text when they are UTF-8 without control characters (a cut last character allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return None
+        text = head[:e.start].decode("utf-8")
+    if any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
+        return None
+    return text
+
+
+def _describe_text(path: Path, size: int, text: str) -> str:
+    """Why a text file is where weights should be (Git LFS pointer, web page, other), and what to do."""
+    if text.startswith("version https://git-lfs"):
+        return (f"{path} is a Git LFS pointer ({size} bytes of text), not the weights: the repository was cloned or "
+                "copied without Git LFS. Run `git lfs pull` in that repository, or " + _REDOWNLOAD)
+    lower = text.lstrip().lower()
+    if lower.startswith(("<!doctype html", "<html", "<?xml")) or "<html" in lower or "<head" in lower:
+        return (f"{path} is a web page (HTML, {size} bytes), not model weights: the download saved an error or "
+                "sign-in page instead of the file. On Hugging Face use the file's download link (.../resolve/main/"
+                "FILE), not its page (.../blob/main/FILE); " + _REDOWNLOAD)
+    first = text.strip().splitlines()[0][:80] if text.strip() else ""
+    return (f"{path} is a text file ({size} bytes), neither a safetensors file nor a PyTorch checkpoint (it begins "
+            f"{first!r}); it is not model weights: " + _REDOWNLOAD)
 
 
 def _torch_load(path: Path):
@@ -163,17 +244,20 @@ def _torch_load(path: Path):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        needed = _unsafe_globals(path)
-        raise CheckpointError(
-            f"{path} cannot be loaded safely: it is a pickle that needs Python code to load "
-            f"({', '.join(needed) if needed else str(e).splitlines()[0]}), and loading never runs code from a file. "
-            "If you trust its source, convert it once in a trusted Python session: python -c \"import torch; "
-            "from safetensors.torch import save_file; o = torch.load('IN', weights_only=False); "
-            "sd = o.get('state_dict', o); save_file({k: v.contiguous() for k, v in sd.items() "
-            "if torch.is_tensor(v)}, 'OUT.safetensors')\" and load OUT.safetensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'}); download it again") from None
+        # torch's own message advises weights_only=False, i.e. running the file's code: never pass it on.
+        needed = _unsafe_globals(path) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))[:5]
+        if needed:
+            raise UnsafeCheckpointError(
+                f"{path} cannot be loaded safely: it is a pickle that needs Python code to load "
+                f"({', '.join(needed)}), and loading never runs code from a file: {_SAFE_OPTIONS}") from None
+        raise DamagedCheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint (its pickle cannot be "
+                                     f"read); {_REDOWNLOAD}") from None
+    except Exception as e:  # a broken archive or pickle fails in many ways (RuntimeError, EOFError, KeyError, ...)
+        first = str(e).splitlines()[0] if str(e) else "unexpected end of file"
+        if "weights_only" in first:
+            first = "unreadable"
+        raise DamagedCheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({type(e).__name__}: "
+                                     f"{first}); {_REDOWNLOAD}") from None
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -654,21 +738,13 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment with spaces
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for key, t in state_dict.items():
-                t = t.detach().to("cpu").contiguous()
-                if t.numel():
-                    f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for key, t in state_dict.items():
+            t = t.detach().to("cpu").contiguous()
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
@@ -708,7 +784,8 @@ def summarize(state_dict: Mapping[str, torch.Tensor]) -> dict:
     return {"parts": parts, "dtypes": dtypes, "keys": len(state_dict), "numel": sum(parts.values())}
 
 
-__all__ = ["CheckpointError", "Detected", "detect_variant", "infer_config", "load_state_dict", "load_shapes",
+__all__ = ["CheckpointError", "DamagedCheckpointError", "NotACheckpointError", "UnsafeCheckpointError", "Detected",
+           "detect_variant", "infer_config", "load_state_dict", "load_shapes",
            "BaseCheckpoint", "Partial", "DYNAMICRAFTER_BASES", "REALCAM_FILES", "is_partial", "detect_partial",
            "base_candidates", "check_base", "find_base", "merge_over_base", "load_with_base", "config_for",
            "read_safetensors_header", "normalize_state_dict", "check_state_dict", "describe_foreign",

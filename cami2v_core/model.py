@@ -22,11 +22,12 @@ from .camera import CameraCondition
 from .checkpoint import CheckpointError, check_state_dict, config_for, load_with_base, parse_dtype
 from .configs import ModelConfig, epipolar_attention_kind, resolve_config
 from .errors import CamI2VError
+from .modules import epipolar as epipolar_kernels
 from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
 from .modules.resampler import Resampler
 from .modules.unet import UNetModel
-from .modules.vae import AutoencoderKL
+from .modules.vae import AutoencoderKL, posterior_sample
 from .sampling import dynamic_rescale_table, make_beta_schedule, rescale_zero_terminal_snr
 
 # The 12 schedule buffers every checkpoint stores, in the original's order (spec §1.3).
@@ -121,14 +122,13 @@ class CamI2VModel(nn.Module):
                            generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled VAE posterior sample (spec §3.4). [N,3,H,W] in [-1,1] -> 0.18215 * z [N,4,h,w] in the UNet's dtype"""
         mean, logvar = self.first_stage_model.encode(x.to(self.device, self.vae_dtype))
-        std = torch.exp(0.5 * logvar)
         if noise is None:
             # The original draws the posterior noise in float32 on the CPU and then moves it (spec §7.7); drawing
             # on the generator's device with the same shape keeps a seeded CPU generator bit-compatible.
             gen_device = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=torch.float32)
-        z = mean + std * noise.to(mean.device, mean.dtype)
-        return (self.scale_factor * z).to(self.dtype)  # the UNet's input (c_concat) whatever the VAE's dtype
+        # the UNet's input (c_concat) whatever the VAE's dtype
+        return (self.scale_factor * posterior_sample(mean, logvar, noise)).to(self.dtype)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """VAE decode of a scaled latent, frames independent. [N,4,h,w] -> [N,3,H,W] in about [-1,1] (VAE dtype)"""
@@ -145,7 +145,7 @@ class CamI2VModel(nn.Module):
                        trace_scale: float = 1.0, generator: torch.Generator | None = None,
                        pair_t: torch.Tensor | None = None, height: int | None = None,
                        width: int | None = None) -> CameraCondition | None:
-        """The camera condition of a trajectory, built once and reused by every step and guidance branch.
+        """The camera condition of a trajectory in its final form, built once and reused by every step and branch.
 
         w2c [B,T,4,4] world-to-camera (OpenCV axes), K [B,T,3,3] in pixels of the height x width image (default:
         the model's resolution), cond_frame_index [B]. `generator` drives CamI2V's zero-translation perturbation
@@ -181,6 +181,12 @@ class CamI2VModel(nn.Module):
             rt = camera_maths.motionctrl_rt(rel_c2w).to(self.dtype)  # [B,T,12]
         # The UNet looks a mask up by origin_h // feature height, origin_h taken from the config (spec §4.4.7).
         origin_h = int(self.config.epipolar["origin_h"]) if self.config.epipolar is not None else height
+        if masks is not None:
+            # The final form: each mask the attention kernel gathers is replaced by its gathered layout, built
+            # here once per trajectory (every layer, step and guidance branch reuses it; the dense mask it replaces
+            # is freed). Sampling, training and the benchmarks all receive this same form.
+            registers = int(self.config.epipolar.get("num_register_tokens", 0))
+            masks = epipolar_kernels.compact_masks(masks, w2c.shape[1], registers, self.device)
         return CameraCondition(pose_features=pose_features, epipolar_masks=masks, rt=rt, origin_h=origin_h)
 
     # -- denoiser ------------------------------------------------------------------------------------------------

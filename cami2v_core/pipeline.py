@@ -3,11 +3,15 @@
 Steps (spec §6.1, §7.1, §7.7): the picture is resized to cover the model resolution and centre-cropped; intrinsics
 default to the demo's (90° across the long side); text and image contexts are encoded for every guidance branch
 that will run; the conditioning frame's latent is a VAE posterior sample; the camera condition is built once; then
-DDIM (`sampling.sample_ddim`) runs and the latent is decoded in chunks of frames.
+DDIM (`sampling.sample_ddim`, the reference) or a fewer-step solver (`sampler="dpmpp_2m"` or `"unipc"`) runs and the
+latent is decoded in chunks of frames.
 
 Random draws come from one seeded generator in the original's order (spec §7.7): VAE posterior noise for all T
-frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per step. `Draws` injects recorded values
-instead (golden replay). The generator lives on the CPU, so a seed gives the same video on any device.
+frames, CamI2V's zero-translation perturbation, x_T, then one N(0, I) per DDIM step (the deterministic solvers draw
+none after x_T, so a seed gives every sampler the same x_T). `Draws` injects recorded values instead (golden
+replay). The generator lives on the CPU, so a seed gives the same video on any device. RealCam-I2V's noise shaping
+(`scene.NoiseShaping`, off by default) draws from a second stream (`shaping_generator`), so it leaves those draws
+unchanged.
 
 For ComfyUI the steps are also exposed separately: `sample_latent` returns the final latent, `decode_latent` decodes
 one, and `to_comfy_latent` / `from_comfy_latent` convert to and from the SD-style LATENT dict.
@@ -26,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from . import settings
-from .modules import epipolar
-from .sampling import Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim
+from . import camera as camera_maths
+from . import scene, settings
+from .sampling import (SAMPLERS, Guidance, StepInfo, make_ddim_schedule, randn, sample_ddim, sample_dpmpp_2m,
+                       sample_unipc)
 from .errors import CamI2VError
 from .settings import DEFAULTS
+from .video_io import load_rgb
 
 # The gradio demo's prompts (spec §6.5 step 5), defined with the presets whose defaults they are.
 DEMO_NEGATIVE_PROMPT = settings.DEMO_NEGATIVE_PROMPT
@@ -66,7 +72,7 @@ class PreparedImage:
 def image_to_uint8(image) -> torch.Tensor:
     """A picture (PIL image, uint8 or 0..1 float array/tensor [H,W,C] or [1,H,W,C]) -> uint8 [3,H,W] on the CPU."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        image = np.array(image.convert("RGB"))
+        image = load_rgb(image)
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.array(image, copy=True))
     if not isinstance(image, torch.Tensor):
@@ -187,11 +193,7 @@ def intrinsics_from_normalized(intrinsics, prepared: PreparedImage) -> torch.Ten
     if norm.ndim != 2 or norm.shape[-1] != 4:
         raise PipelineError(f"intrinsics must be [T,4] normalised (fx, fy, cx, cy); got shape {tuple(norm.shape)}")
     (rh, rw), (height, width) = prepared.resized_hw, prepared.size
-    # Focal lengths scale with the resized picture, the principal point with the crop (as the original's dataset).
-    fx, fy, cx, cy = norm[:, 0] * rw, norm[:, 1] * rh, norm[:, 2] * width, norm[:, 3] * height
-    K = torch.zeros(norm.shape[0], 3, 3)
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
-    return K
+    return camera_maths.normalized_to_pixel_intrinsics(norm, height, width, rh, rw).float()
 
 
 # -- trajectories --------------------------------------------------------------------------------------------------
@@ -205,6 +207,33 @@ def trajectory_arrays(trajectory) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(trajectory, torch.Tensor):
         trajectory = trajectory.detach().cpu().double().numpy()
     return np.asarray(trajectory, dtype=np.float64), None
+
+
+def camera_scale(trajectory, model_unit: str, trace_scale: float = DEFAULTS.trace_scale) -> tuple[float, str | None]:
+    """(the translation factor to sample with, a note) for a path with a unit (`Trajectory.unit`) on a model with
+    its `translation_unit` ("relative" or "metre").
+
+    A metric model (RealCam-I2V) takes a metric path literally and reads any other path as its demo does, 1 unit =
+    0.5 m (settings.REALCAM_METRES_PER_UNIT) x trace_scale; the note says how far the camera moves in metres. A
+    scale-free model (CamI2V and its baselines) takes every path as it is; a metric path gets a note that its size
+    in metres means nothing to it."""
+    path_unit = getattr(trajectory, "unit", None)
+    w2c = trajectory_arrays(trajectory)[0]
+    c2w = np.linalg.inv(w2c)
+    travel = float(np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=-1).sum())
+    if model_unit == "metre":
+        factor = float(trace_scale) * (1.0 if path_unit == "metre" else settings.REALCAM_METRES_PER_UNIT)
+        if path_unit == "metre":
+            return factor, (f"RealCam-I2V reads translations as metres: this metric path moves the camera "
+                            f"{travel * factor:.2f} m (trace_scale {trace_scale:g})")
+        kind = "scale-free (CamI2V's convention, as the demo presets)" if path_unit == "relative" else "unit-less"
+        return factor, (f"this camera path is {kind}; RealCam-I2V reads 1 unit as {settings.REALCAM_METRES_PER_UNIT:g} "
+                        f"m (its demo's) x trace_scale {trace_scale:g}, so the camera moves {travel * factor:.2f} m")
+    if path_unit == "metre":
+        return float(trace_scale), ("this camera path is in metres, but this model is scale-free (CamI2V's "
+                                    "convention): only the path's size relative to the scene matters, so its "
+                                    "metres are read as plain units (RealCam-I2V takes metres)")
+    return float(trace_scale), None
 
 
 def check_w2c(w2c, frames: int) -> torch.Tensor:
@@ -338,25 +367,8 @@ def encode_conditioning(model, image, w2c, intrinsics=None, prompt: str = "", ne
         camera = model.prepare_camera(w2c.to(device), K.to(device), torch.tensor([int(cond_frame_index)]),
                                       trace_scale=float(trace_scale), generator=generator, pair_t=draws.pair_t,
                                       height=height, width=width)
-        camera = compact_camera(model, camera, device)
     fs_tensor = torch.tensor([fs], dtype=torch.long, device=device)
     return Conditioning(context, c_concat, fs_tensor, camera, prepared, K)
-
-
-def compact_camera(model, camera, device=None, frames: int | None = None):
-    """The camera condition with every epipolar mask the kernel gathers replaced by its gathered form.
-
-    The gathered layouts are built here, once per trajectory, and every layer, step and guidance branch reuses them;
-    the dense masks they replace (268 MB per video at the 256 model's 32x32 level) are freed with the old condition.
-    Masks the kernel keeps dense (small ones, or all under the "dense" kernel) stay as they are. `frames`: the
-    video's frame count (default: the model's).
-    """
-    if camera is None or not camera.epipolar_masks:
-        return camera
-    registers = int(model.config.epipolar.get("num_register_tokens", 0))
-    frames = int(frames or model.config.temporal_length)
-    masks = epipolar.compact_masks(camera.epipolar_masks, frames, registers, device)
-    return dataclasses.replace(camera, epipolar_masks=masks)
 
 
 def make_denoiser(model, cond: Conditioning, batch_branches: bool = True):
@@ -420,15 +432,24 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
                   generator: torch.Generator | None = None, frame_stride: int | None = DEFAULTS.frame_stride,
                   cond_frame_index: int = DEFAULTS.cond_frame, trace_scale: float = DEFAULTS.trace_scale,
                   callback: Callable[[StepInfo], None] | None = None, draws: Draws | None = None,
-                  batch_branches: bool = True, offload: bool = False, fit: str = "crop") -> torch.Tensor:
+                  batch_branches: bool = True, offload: bool = False, fit: str = "crop",
+                  noise_shaping: scene.NoiseShaping | None = None, sampler: str = "ddim") -> torch.Tensor:
     """Sample a video latent for one picture and trajectory w2c [T,4,4] -> scaled latent [1,4,T,h,w] (float32).
 
     intrinsics: None for the demo's default (spec §6.1) or normalised (fx, fy, cx, cy) [T,4]. The callback gets a
     `sampling.StepInfo` after every step; raise in it to cancel. `offload` keeps encoders and VAE on the CPU
     except while they run. `fit` (crop / pad / stretch) is how a picture of another shape meets the model's frame
     (`describe_fit` says what it did). Defaults are `settings.DEFAULTS` (the demo's); frame_stride=None uses the
-    UNet's own default fs value.
+    UNet's own default fs value. `noise_shaping` (RealCam-I2V, off by default): a `scene.NoiseShaping` holding the
+    `preview_scene` of the same picture, trajectory and fit; its renders pin the visible latents for t >= 900.
+    `sampler`: one of `sampling.SAMPLERS`; "ddim" is the original's sampler, "dpmpp_2m" and "unipc" are
+    deterministic ODE solvers meant for fewer steps (8-16) that ignore `eta`. All share the guidance.
     """
+    if sampler not in SAMPLERS:
+        raise PipelineError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}; got {sampler!r}")
+    if noise_shaping is not None and sampler != "ddim":
+        raise PipelineError(f"RealCam-I2V's noise shaping runs with the DDIM sampler (as the original); got sampler "
+                            f"{sampler!r}: use 'ddim' or leave the scene out")
     guidance = Guidance(cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                         camera_schedule=camera_schedule, rescale=guidance_rescale)
     has_camera = model.config.camera is not None
@@ -451,17 +472,101 @@ def sample_latent(model, image, w2c, intrinsics=None, prompt: str = "", negative
         raise PipelineError(f"injected x_T has shape {tuple(x_T.shape)}; expected {shape}")
     noise_fn = None
     if draws.step_noise is not None:
+        if sampler != "ddim":
+            raise PipelineError(f"injected step noises are DDIM's; the {sampler!r} solver draws none. Leave "
+                                "Draws.step_noise unset or use sampler='ddim'")
         if len(draws.step_noise) != len(schedule):
             raise PipelineError(f"{len(draws.step_noise)} injected step noises for {len(schedule)} steps")
         noise_fn = lambda i, x: draws.step_noise[i].to(x.device, x.dtype)  # noqa: E731
+    latent_hook = None
+    if noise_shaping is not None:
+        if noise_shaping.preview.cond_frame_index != int(cond_frame_index):
+            raise PipelineError(f"the scene preview was rendered from frame {noise_shaping.preview.cond_frame_index} "
+                                f"but cond_frame_index is {cond_frame_index}; make both with the same frame")
+        latent_hook = noise_shaping_hook(model, cond, noise_shaping, shaping_generator(generator), offload)
     denoise = make_denoiser(model, cond, batch_branches)
     if callback is not None:
         # Previews in this VAE's own colours: the projection fitted on the picture and its latent (no extra encode).
         latent_rgb = fit_latent_rgb(cond.c_concat[:, :, 0].float().cpu(), (cond.image.pixels.cpu() + 1) / 2)
         user_callback = callback
         callback = lambda info: user_callback(dataclasses.replace(info, latent_rgb=latent_rgb))  # noqa: E731
-    return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
-                       callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera)
+    if sampler == "ddim":
+        return sample_ddim(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                           callback=callback, noise_fn=noise_fn, generator=generator, camera=has_camera,
+                           latent_hook=latent_hook)
+    solver = {"dpmpp_2m": sample_dpmpp_2m, "unipc": sample_unipc}[sampler]
+    return solver(denoise, x_T.float().to(device), schedule, guidance, prediction=model.parameterization,
+                  callback=callback, camera=has_camera)
+
+
+# -- RealCam-I2V's scene (realcam spec §3-4; the maths is in scene.py) ----------------------------------------------
+
+def preview_scene(model, image, w2c, depth, intrinsics=None, *, cond_frame_index: int = DEFAULTS.cond_frame,
+                  trace_scale: float = DEFAULTS.trace_scale, fit: str = "crop", point_size: int = 2,
+                  outliers: bool = True) -> scene.ScenePreview:
+    """Depth-aware preview of one picture along a trajectory w2c [T,4,4], at the model's frame -> scene.ScenePreview.
+
+    The picture is fitted exactly as `sample_latent` fits it (same `fit`, intrinsics and trace_scale), so the renders
+    line up with the latents. depth: a metric depth model (`scene.load_depth_model`) or a depth map [H,W] in metres
+    of the fitted picture."""
+    config = model.config
+    w2c = check_w2c(w2c, config.temporal_length)[0]
+    _check_fit(fit)
+    if isinstance(cond_frame_index, bool) or int(cond_frame_index) != cond_frame_index \
+            or not 0 <= int(cond_frame_index) < config.temporal_length:
+        raise PipelineError(f"cond_frame_index must be a frame index from 0 to {config.temporal_length - 1}; got "
+                            f"{cond_frame_index!r}")
+    u8 = image_to_uint8(image)
+    prepared = _prepare_uint8(u8, *target_size(tuple(u8.shape[-2:]), config.resolution), fit)
+    K = prepared.K if intrinsics is None else intrinsics_from_normalized(intrinsics, prepared)[int(cond_frame_index)]
+    if callable(depth):  # a depth model (tensors and arrays are not callable)
+        depth = scene.estimate_depth(depth, prepared.pixels)[0]
+    depth = torch.as_tensor(depth).float().cpu()
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    if tuple(depth.shape) != prepared.size:
+        raise PipelineError(f"the depth map must be [H,W] = {prepared.size}, the fitted picture's size; got "
+                            f"{tuple(depth.shape)}. Pass the depth model instead and it is estimated at that size.")
+    colors = rearrange((prepared.pixels[0] + 1) / 2, "c h w -> h w c")
+    return scene.preview_scene(colors, depth, K, w2c, int(cond_frame_index), float(trace_scale), point_size,
+                               outliers)
+
+
+def shaping_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator of noise shaping's own draws: a CPU generator seeded with the sampler's initial seed + 1.
+
+    Upstream draws them from the global RNG between the sampler's own draws; a stream of their own keeps x_T and every
+    step's noise those of the same seed without shaping, so shaping on and off compare like for like."""
+    return make_generator((generator.initial_seed() + 1) % 2 ** 64)
+
+
+def noise_shaping_hook(model, cond: Conditioning, shaping: scene.NoiseShaping, generator: torch.Generator | None,
+                       offload: bool = False, chunk_size: int = 4):
+    """The sampler's latent hook for `shaping` (realcam spec §4.3-4.5): the renders' VAE latents with the
+    conditioning frame's latent put back, masked by their eroded visibility. `generator` draws, in this order, the
+    renders' posterior noise [T,C,h,w] and then, at each shaped step, q_sample's noise (unless shaping.noise_fn)."""
+    preview = shaping.preview
+    frames = model.config.temporal_length
+    want = (frames, *cond.image.size)
+    if tuple(preview.frames.shape[:3]) != want or tuple(preview.masks.shape) != want:
+        raise PipelineError(f"the scene preview is {tuple(preview.frames.shape[:3])} (frames, H, W) but this video "
+                            f"is {want}; make it with pipeline.preview_scene from the same picture, trajectory and "
+                            f"fit")
+    c, (h, w) = model.config.channels, cond.c_concat.shape[-2:]
+    noise = randn((frames, c, h, w), generator)
+    pixels = rearrange(preview.frames.float().cpu() * 2 - 1, "t h w c -> t c h w")
+    latents = []
+    with torch.no_grad(), _modules_on(model, ("first_stage_model",), model.device, offload):
+        for chunk, chunk_noise in zip(pixels.split(chunk_size), noise.split(chunk_size)):
+            latents.append(model.encode_first_stage(chunk, noise=chunk_noise).float())
+    scene_latent = rearrange(torch.cat(latents), "t c h w -> 1 c t h w")
+    # The conditioning frame is the picture itself: its own latent, not the render's (realcam spec §4.3).
+    k = preview.cond_frame_index
+    scene_latent[:, :, k] = cond.c_concat[:, :, k].float()
+    mask = scene.latent_mask(preview.masks.cpu(), (h, w)).to(model.device)  # [T,h,w], broadcast over B and C
+    return scene.noise_shaping_hook(scene_latent.to(model.device), mask, model.sqrt_alphas_cumprod,
+                                    model.sqrt_one_minus_alphas_cumprod, shaping.from_timestep, shaping.noise_fn,
+                                    generator)
 
 
 def decode_latent(model, latent: torch.Tensor, chunk_size: int = 4, offload: bool = False) -> torch.Tensor:
@@ -538,10 +643,14 @@ def generate(model, image, trajectory, prompt: str = "", negative_prompt: str = 
     """Picture + trajectory + prompt -> video frames [T,H,W,3] float32 in 0..1 (CPU).
 
     trajectory: a `trajectories.Trajectory`, a (w2c [T,4,4], intrinsics [T,4]) pair or w2c [T,4,4]. Its intrinsics
-    are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Other keyword arguments go to
-    `sample_latent` (steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride, callback, ...).
+    are used only with `use_trajectory_intrinsics` (the demo ignores them, spec §6.1). Its unit meets the model's as
+    `camera_scale` says (RealCam-I2V reads a path that is not metric as 0.5 m per unit, its demo's). Other keyword
+    arguments go to `sample_latent` (sampler, steps, cfg_text, cfg_image, cfg_camera, eta, seed, frame_stride,
+    callback, ...).
     """
     w2c, intrinsics = trajectory_arrays(trajectory)
+    trace_scale, _ = camera_scale(trajectory, model.config.translation_unit,
+                                  sampling_kwargs.pop("trace_scale", DEFAULTS.trace_scale))
     latent = sample_latent(model, image, w2c, intrinsics if use_trajectory_intrinsics else None, prompt,
-                           negative_prompt, offload=offload, **sampling_kwargs)
+                           negative_prompt, offload=offload, trace_scale=trace_scale, **sampling_kwargs)
     return decode_latent(model, latent, decode_chunk, offload=offload)

@@ -1,8 +1,11 @@
-"""Noise schedules, DDIM and multi-condition guidance (spec §7). Imports nothing from `modules/`.
+"""Noise schedules, DDIM, fewer-step ODE solvers and multi-condition guidance (spec §7). Imports nothing from
+`modules/`.
 
-The sampler never sees a network: it calls `denoise_fn(x_t, t, branches)`, which returns one raw model output per
-guidance branch, combines them with the pure function `combine_guidance`, converts the result to (eps, x0) with the
-parameterisation chosen before the loop (eps or v, spec §7.5), and takes one DDIM step (DDIM paper eq. 12).
+The samplers never see a network: they call `denoise_fn(x_t, t, branches)`, which returns one raw model output per
+guidance branch; `guided_denoiser` combines them with the pure function `combine_guidance` and guidance rescale,
+so every sampler gets the same guided output. DDIM (`sample_ddim`, the exact reference path) converts it to (eps, x0)
+with the parameterisation chosen before the loop (eps or v, spec §7.5) and takes one DDIM step (DDIM paper eq. 12).
+`sample_dpmpp_2m` and `sample_unipc` solve the same probability-flow ODE in fewer steps (see their section below).
 
 Legend, following spec §7.2-7.5 (k indexes the ascending DDIM grid, the loop visits k = S-1 .. 0):
     a_t      ᾱ at timestep τ_k                       (float32, as the original reads it from its buffer)
@@ -281,11 +284,58 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, schedule: DDIMSchedule, k: in
     return a_prev.sqrt() * x0 + dir_xt + sigma * noise
 
 
+def q_sample(x0: torch.Tensor, t: torch.Tensor, sqrt_alphas_cumprod: torch.Tensor,
+             sqrt_one_minus_alphas_cumprod: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·noise (DDPM eq. 4) from the model's float32 buffers [N]:
+    x0 and noise [B,...], t [B] long -> [B,...]."""
+    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+    a = sqrt_alphas_cumprod.to(x0.device)[t.to(x0.device)].reshape(shape).to(x0.dtype)
+    b = sqrt_one_minus_alphas_cumprod.to(x0.device)[t.to(x0.device)].reshape(shape).to(x0.dtype)
+    return a * x0 + b * noise
+
+
 def randn(shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) drawn on the generator's device (CPU by default) and moved to `device`, so a seed means the same
     numbers on every device."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+# -- the guided denoiser: what every sampler calls ----------------------------------------------------------------
+
+GuidedFn = Callable[[torch.Tensor, torch.Tensor], tuple]
+
+
+def guided_denoiser(denoise_fn: DenoiseFn, guidance: Guidance, camera: bool = True,
+                    num_train_timesteps: int = 1000) -> GuidedFn:
+    """`(x_t [B,C,T,h,w], t [B]) -> (guided model output [B,C,T,h,w], raw branch outputs)`.
+
+    Runs the branches the scales need, combines them (text, image and camera scales, camera schedule, spec §7.3)
+    and applies guidance rescale: everything a guidance setting changes happens here, so DDIM and every solver
+    below see the same guided eps or v and differ only in how they step.
+    """
+    branches = guidance.branches(camera=camera)
+
+    def guided(x, t):
+        outputs = denoise_fn(x, t, branches)
+        out = combine_guidance(outputs, guidance, t, num_train_timesteps)
+        if guidance.rescale > 0 and len(branches) > 1:
+            out = rescale_guidance(out, outputs["cond"], guidance.rescale)
+        return out, outputs
+
+    return guided
+
+
+def _check_sampler_inputs(prediction: str, schedule: DDIMSchedule) -> None:
+    if prediction not in PREDICTION_FNS:
+        raise SamplingError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
+    if len(schedule) < 1:
+        raise SamplingError("the DDIM schedule is empty; ask for at least 1 step")
+
+
+def _timestep(schedule: DDIMSchedule, k: int, like: torch.Tensor) -> torch.Tensor:
+    """Grid index k's timestep as the [B] long tensor the denoiser takes."""
+    return torch.full((like.shape[0],), int(schedule.timesteps[k]), dtype=torch.long, device=like.device)
 
 
 # -- the sampler ----------------------------------------------------------------------------------------------------
@@ -307,30 +357,29 @@ class StepInfo:
 def sample_ddim(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule, guidance: Guidance = Guidance(),
                 prediction: str = "eps", callback: Callable[[StepInfo], None] | None = None,
                 noise_fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                generator: torch.Generator | None = None, camera: bool = True) -> torch.Tensor:
+                generator: torch.Generator | None = None, camera: bool = True,
+                latent_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM from x_T [B,C,T,h,w] over `schedule` with multi-condition guidance -> x_0 latent [B,C,T,h,w].
 
     `noise_fn(i, x)` supplies step i's N(0, I) draw (default: from `generator`); it is drawn every step, even when
     σ = 0, as the original does (spec §7.7). The callback runs after every step; raising in it cancels sampling.
-    `camera=False` (a model without camera input) never asks for the no-camera branch.
+    `camera=False` (a model without camera input) never asks for the no-camera branch. `latent_hook(x_t, t)`, when
+    given, replaces x_t before each step's denoiser call (RealCam-I2V's noise shaping, `scene.noise_shaping_hook`);
+    the callback's `x_t` is the replaced one.
     """
-    if prediction not in PREDICTION_FNS:
-        raise SamplingError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
-    if len(schedule) < 1:
-        raise SamplingError("the DDIM schedule is empty; ask for at least 1 step")
+    _check_sampler_inputs(prediction, schedule)
     to_eps_x0 = PREDICTION_FNS[prediction]
-    branches = guidance.branches(camera=camera)
+    guided = guided_denoiser(denoise_fn, guidance, camera, schedule.num_train_timesteps)
     if noise_fn is None:
         def noise_fn(i, x):
             return randn(x.shape, generator, x.device, x.dtype)
     x = x_T
     steps = len(schedule)
     for i, k in enumerate(reversed(range(steps))):
-        t = torch.full((x.shape[0],), int(schedule.timesteps[k]), dtype=torch.long, device=x.device)
-        outputs = denoise_fn(x, t, branches)
-        out = combine_guidance(outputs, guidance, t, schedule.num_train_timesteps)
-        if guidance.rescale > 0 and len(branches) > 1:
-            out = rescale_guidance(out, outputs["cond"], guidance.rescale)
+        t = _timestep(schedule, k, x)
+        if latent_hook is not None:
+            x = latent_hook(x, t)
+        out, outputs = guided(x, t)
         eps, x0 = to_eps_x0(out, x, schedule, k)
         if schedule.scales is not None:
             # Dynamic rescale (spec §7.5): the model was trained on x0·scale_arr[t]; move x0 to the next step's scale.
@@ -339,4 +388,169 @@ def sample_ddim(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule
         if callback is not None:
             callback(StepInfo(i, steps, int(schedule.timesteps[k]), x, x_prev, x0, outputs))
         x = x_prev
+    return x
+
+
+# -- fewer-step ODE solvers ------------------------------------------------------------------------------------------
+#
+# Both solvers integrate the probability-flow ODE of the model's schedule in its data-prediction form
+# (Lu et al. 2022, DPM-Solver++ eq. 9):  x_t = (σ_t/σ_s)·x_s + σ_t ∫_{λ_s}^{λ_t} e^λ x̂0(λ) dλ,  λ = log(α/σ).
+# They visit the same grid as DDIM (`DDIMSchedule.timesteps`, one guided model call per step) and end on the same
+# level, ᾱ_0, so with eta = 0 all three approximate one and the same ODE solution.
+#
+# Legend (j = 0 .. S indexes the levels in visiting order; level j < S is grid index k = S-1-j, level S is ᾱ_0):
+#     alpha_j   α_j = √ᾱ_j · s_j        s_j the dynamic-rescale scale (1 without it, spec §7.5)
+#     sigma_j   σ_j = √(1-ᾱ_j)
+#     lam_j     λ_j = log(α_j/σ_j);  -inf at zero terminal SNR (ᾱ_999 = 0, the 512 models)
+#     h         λ_{j+1} - λ_j, the step in log-SNR; +inf for a step that starts from zero SNR
+#     x0        the guided data prediction divided by s_j (the scale-free clean latent)
+# Dynamic rescale: the 512 models are trained on x0·s_t, i.e. on the process x_t = (√ᾱ_t s_t)·x0 + σ_t·eps, so the
+# solvers integrate that process (α_j above). Its first-order step is exactly DDIM's rescaled update (√ᾱ_prev·x0·
+# s_prev/s_t + σ_prev·eps), so DDIM with eta = 0 is the first-order member of the same family.
+# Every coefficient is a float64 Python number; a zero-SNR first step gives h = inf, e^{-h} = 0 and ratios
+# h/h_prev = 0, which the formulas below take as limits, never as inf - inf.
+
+SAMPLERS = ("ddim", "dpmpp_2m", "unipc")
+
+
+@dataclass
+class SolverLevels:
+    """The noise levels the ODE solvers step between, in visiting order (see the legend above): [S+1] float64."""
+
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    lam: torch.Tensor
+    scale: torch.Tensor
+
+
+def solver_levels(schedule: DDIMSchedule) -> SolverLevels:
+    """Levels 0..S of a DDIM schedule: its grid from the highest timestep down, then ᾱ_0 (where DDIM ends)."""
+    abar = torch.cat([schedule.alphas.double().flip(0), schedule.alphas_prev[:1].double()])
+    if schedule.scales is not None:
+        scale = torch.cat([schedule.scales.double().flip(0), schedule.scales_prev[:1].double()])
+    else:
+        scale = torch.ones_like(abar)
+    alpha = abar.sqrt() * scale
+    sigma = (1.0 - abar).sqrt()
+    return SolverLevels(alpha, sigma, alpha.log() - sigma.log(), scale)
+
+
+def _solver_setup(denoise_fn: DenoiseFn, schedule: DDIMSchedule, guidance: Guidance, prediction: str,
+                  camera: bool):
+    """The guided denoiser as `(x, j) -> (x0 at level j [B,C,T,h,w], raw branch outputs)`, and the levels."""
+    _check_sampler_inputs(prediction, schedule)
+    levels = solver_levels(schedule)
+    if prediction == "eps" and float(levels.alpha[0]) == 0.0:
+        raise SamplingError("an eps-predicting model cannot start from zero SNR (ᾱ = 0 at the first timestep): its "
+                            "clean-latent estimate divides by √ᾱ. Zero-terminal-SNR schedules go with v-prediction; "
+                            "check the model config (parameterization / rescale_betas_zero_snr)")
+    to_eps_x0 = PREDICTION_FNS[prediction]
+    guided = guided_denoiser(denoise_fn, guidance, camera, schedule.num_train_timesteps)
+    steps = len(schedule)
+
+    def data_prediction(x, j):
+        k = steps - 1 - j
+        out, outputs = guided(x, _timestep(schedule, k, x))
+        _, x0 = to_eps_x0(out, x, schedule, k)
+        if schedule.scales is not None:
+            x0 = x0 / float(levels.scale[j])
+        return x0, outputs
+
+    return data_prediction, levels
+
+
+def _multistep_update(x: torch.Tensor, levels: SolverLevels, j: int, x0: torch.Tensor,
+                      x0_prev: torch.Tensor | None) -> torch.Tensor:
+    """Level j -> j+1: x = (σ_{j+1}/σ_j)·x + α_{j+1}(1 - e^{-h})·D, D = x0 + (h/(2h_prev))·(x0 - x0_prev).
+
+    D is DPM-Solver++(2M)'s (Lu et al. 2022, alg. 2: 1/(2r) with r = h_prev/h) and equally UniPC's UniP-2 with
+    B(h) = e^h - 1 (its ρ = 1/2 gives the same D). Without x0_prev (the first step) it is the first-order step,
+    i.e. DDIM with eta = 0.
+    """
+    lam, alpha, sigma = levels.lam.tolist(), levels.alpha.tolist(), levels.sigma.tolist()
+    h = lam[j + 1] - lam[j]
+    d = x0
+    if x0_prev is not None:
+        c = h / (2.0 * (lam[j] - lam[j - 1]))  # 0 when the previous step started at zero SNR (h_prev = inf)
+        d = x0 + c * (x0 - x0_prev)
+    return (sigma[j + 1] / sigma[j]) * x + (alpha[j + 1] * -math.expm1(-h)) * d
+
+
+def sample_dpmpp_2m(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule,
+                    guidance: Guidance = Guidance(), prediction: str = "eps",
+                    callback: Callable[[StepInfo], None] | None = None, camera: bool = True) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, algorithm 2) from x_T [B,C,T,h,w] -> latent [B,C,T,h,w].
+
+    Multistep, second order, data prediction; deterministic (no eta, no noise draws). One guided model call per
+    step of `schedule`; every step but the first reuses the previous call's x0. The first and the last step are
+    first order: the last one (down to ᾱ_0) is several times longer in λ than the one before it on these grids, and
+    extrapolating x0 that far overshoots (the "lower order final" of the reference implementations; a single
+    first-order step keeps the global order 2).
+    """
+    data_prediction, levels = _solver_setup(denoise_fn, schedule, guidance, prediction, camera)
+    steps = len(schedule)
+    x, x0_prev = x_T, None
+    for j in range(steps):
+        x0, outputs = data_prediction(x, j)
+        x_next = _multistep_update(x, levels, j, x0, x0_prev if j < steps - 1 else None)
+        if callback is not None:
+            callback(StepInfo(j, steps, int(schedule.timesteps[steps - 1 - j]), x, x_next,
+                              x0 * float(levels.scale[j + 1]), outputs))
+        x, x0_prev = x_next, x0
+    return x
+
+
+def _unic_update(x: torch.Tensor, levels: SolverLevels, j: int, x0: torch.Tensor, x0_new: torch.Tensor,
+                 x0_prev: torch.Tensor | None) -> torch.Tensor:
+    """UniC corrector of the step level j -> j+1 (Zhao et al. 2023, arXiv 2302.04867, alg. 2, B(h) = e^h - 1).
+
+    x: the latent at level j the step started from; x0, x0_new: predictions at levels j and j+1 (x0_new from the
+    predicted latent, the call the next step needs anyway); x0_prev: at level j-1 when that step was second order.
+    The weights ρ solve the order conditions R·ρ = b, written out for one or two differences. For one difference
+    the reference code uses ρ = 1/2, the small-h limit of the exact b1; b1 is kept here since it stays right for a
+    step from zero SNR (h = inf, b1 = 1, where 1/2 would average in the prediction at pure noise).
+    """
+    lam, alpha, sigma = levels.lam.tolist(), levels.alpha.tolist(), levels.sigma.tolist()
+    h = lam[j + 1] - lam[j]
+    hh = -h  # data prediction integrates in -λ
+    b_h = math.expm1(hh)
+    phi = b_h / hh - 1.0   # h·φ_2-type term of the paper's b vector; the limits at h = inf are exact in floats
+    b1 = phi / b_h
+    x_t = (sigma[j + 1] / sigma[j]) * x - (alpha[j + 1] * b_h) * x0
+    d1_t = x0_new - x0
+    if x0_prev is None:
+        corr = b1 * d1_t
+    else:
+        b2 = (phi / hh - 0.5) * 2.0 / b_h
+        r1 = (lam[j - 1] - lam[j]) / h          # < 0; -inf when step j-1 started at zero SNR
+        rho0 = (b1 - b2) / (1.0 - r1)
+        rho1 = b1 - rho0
+        corr = (rho0 / r1) * (x0_prev - x0) + rho1 * d1_t   # ρ0·D1 with D1 = (x0_prev - x0)/r1
+    return x_t - (alpha[j + 1] * b_h) * corr
+
+
+def sample_unipc(denoise_fn: DenoiseFn, x_T: torch.Tensor, schedule: DDIMSchedule, guidance: Guidance = Guidance(),
+                 prediction: str = "eps", callback: Callable[[StepInfo], None] | None = None,
+                 camera: bool = True) -> torch.Tensor:
+    """UniPC, variant bh2, order 2 (Zhao et al. 2023, arXiv 2302.04867) from x_T [B,C,T,h,w] -> latent [B,C,T,h,w].
+
+    Each step: one guided call at the current latent, the UniC corrector applied to the step that led here (it
+    reuses this call, so correction is free), then the UniP-2 predictor (`_multistep_update`). The first and the
+    last predictor step are first order (see `sample_dpmpp_2m`), and the last step is not corrected, as that would
+    need one more call. Data prediction, deterministic.
+    """
+    data_prediction, levels = _solver_setup(denoise_fn, schedule, guidance, prediction, camera)
+    steps = len(schedule)
+    x = x_T
+    x_last = x0_last = x0_before = None   # the previous step's start latent and the two previous predictions
+    for j in range(steps):
+        x0, outputs = data_prediction(x, j)
+        if j > 0:
+            x = _unic_update(x_last, levels, j - 1, x0_last, x0, x0_before)
+        x_next = _multistep_update(x, levels, j, x0, x0_last if j < steps - 1 else None)
+        if callback is not None:
+            callback(StepInfo(j, steps, int(schedule.timesteps[steps - 1 - j]), x, x_next,
+                              x0 * float(levels.scale[j + 1]), outputs))
+        x_last, x0_before, x0_last = x, x0_last, x0
+        x = x_next
     return x

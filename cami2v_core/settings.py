@@ -43,3 +43,7 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+
+# RealCam-I2V's demo reads its pose files (the same scale-free files as CamI2V's) x trace_scale_factor 0.5 as metres
+# (realcam spec §3, §5): a path that does not say it is metric gets that reading, so trace_scale 1 = its demo's.
+REALCAM_METRES_PER_UNIT = 0.5

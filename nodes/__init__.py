@@ -3,6 +3,7 @@
 from . import comfy_bridge
 from .nodes_camera import CAMERA_NODES
 from .nodes_model import CamI2VModelLoader
+from .nodes_realcam import REALCAM_NODES
 from .nodes_sample import CamI2VDecode, CamI2VSampler
 from .registry import DISPLAY_NAMES, name_errors
 
@@ -11,6 +12,7 @@ NODE_CLASS_MAPPINGS = {
     "CamI2VSampler": CamI2VSampler,
     "CamI2VDecode": CamI2VDecode,
     **CAMERA_NODES,
+    **REALCAM_NODES,
 }
 for _node_id, _cls in NODE_CLASS_MAPPINGS.items():
     name_errors(_cls, _node_id)

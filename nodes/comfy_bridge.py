@@ -66,6 +66,20 @@ def list_model_files() -> list[str]:
     return sorted(set(names))
 
 
+def base_search_dirs() -> list[Path]:
+    """Folders searched for the DynamiCrafter base a RealCam-I2V file loads over: ours, then ComfyUI's checkpoints
+    and diffusion_models folders (standalone: ours only)."""
+    dirs = list(model_dirs())
+    fp = _folder_paths()
+    if fp is not None:
+        for kind in ("checkpoints", "diffusion_models"):
+            try:
+                dirs += [Path(p) for p in fp.get_folder_paths(kind)]
+            except KeyError:  # a ComfyUI without that folder kind
+                continue
+    return list(dict.fromkeys(dirs))
+
+
 def find_model_file(name: str) -> Path | None:
     """The full path of a listed checkpoint name, or None when no model folder has it."""
     fp = _folder_paths()

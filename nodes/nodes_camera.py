@@ -7,6 +7,7 @@ optional `prev_poses` and continue from its last camera, so moves chain (Animate
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,8 +15,11 @@ import numpy as np
 import torch
 
 import trajectories as tj
+from cami2v_core.video_io import load_rgb
 
 from . import comfy_bridge
+
+log = logging.getLogger("CamI2V")
 
 POSES = "CAMERACTRL_POSES"
 EASES = tuple(tj.EASINGS)
@@ -118,9 +122,11 @@ class CamI2VCameraPreset:
                 "preset": (list(tj.PRESETS), {"default": "orbit left", "tooltip": "The demo's named camera "
                            "motions."}),
                 "frames": FRAMES,
-                "ratio": ("FLOAT", {"default": tj.presets.DEFAULT_RATIO, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
+                "ratio": ("FLOAT", {"default": tj.presets.DEFAULT_RATIO,
+                                    "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Fraction "
                           "of the demo's pose file covered by the video (demo slider default 0.1, gallery 0.6-0.8)."}),
-                "scale": ("FLOAT", {"default": tj.presets.DEFAULT_SCALE, "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Multiplies "
+                "scale": ("FLOAT", {"default": tj.presets.DEFAULT_SCALE,
+                                    "min": 0.0, "max": 5.0, "step": 0.05, "tooltip": "Multiplies "
                           "the translations (the demo's 'scale'; gallery 0.1-0.2 for subtle moves)."}),
             },
             "optional": {"prev_poses": PREV},
@@ -202,7 +208,8 @@ class CamI2VCameraFromText:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text": ("STRING", {"multiline": True, "default": EXAMPLE_JSON, "tooltip": "Pose "
-                                      "JSON (see the README), RealEstate10K pose text, or a CAMERACTRL_POSES list."})}}
+                                      "JSON (see the README), RealEstate10K pose text, a CAMERACTRL_POSES list, or "
+                                      "a nerfstudio / instant-ngp transforms.json."})}}
 
     RETURN_TYPES = (POSES,)
     RETURN_NAMES = ("poses",)
@@ -214,23 +221,28 @@ class CamI2VCameraFromText:
     def parse(self, text):
         if not text.strip():
             raise ValueError("the text is empty; paste pose JSON or RealEstate10K lines")
-        return (to_poses(tj.formats.parse_text(text)),)
+        return (to_poses(tj.parse_text(text)),)
 
 
 class CamI2VCameraLoadFile:
-    """Load a camera path file: pose JSON, RealEstate10K .txt, or a CAMERACTRL_POSES JSON list."""
+    """Load a camera path file: pose JSON, RealEstate10K .txt, a CAMERACTRL_POSES JSON list, a transforms.json, or a
+    COLMAP text model."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"path": ("STRING", {"default": "", "tooltip": "Path of the file; a relative path is "
-                                      "looked up in ComfyUI's input folder first."})}}
+        return {"required": {"path": ("STRING", {"default": "", "tooltip": "Path of the file: pose JSON, "
+                                      "RealEstate10K .txt, nerfstudio / instant-ngp transforms.json, or a COLMAP "
+                                      "text model (its folder or images.txt, e.g. from Blender via "
+                                      "trajectories/blender). A relative path is looked up in ComfyUI's input "
+                                      "folder first."})}}
 
     RETURN_TYPES = (POSES,)
     RETURN_NAMES = ("poses",)
     OUTPUT_TOOLTIPS = ("The loaded camera path.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Loads a camera path from a pose JSON or RealEstate10K file (e.g. a clip's pose file)."
+    DESCRIPTION = ("Loads a camera path from a pose JSON, RealEstate10K, transforms.json or COLMAP text file (e.g. a "
+                   "clip's pose file, or a camera exported from a 3-D tool).")
 
     @classmethod
     def IS_CHANGED(cls, path):
@@ -239,8 +251,8 @@ class CamI2VCameraLoadFile:
 
     def load(self, path):
         full = resolve_input_path(path)
-        if full is None or not full.is_file():
-            raise ValueError(f"no file at {path!r} (looked in the input folder and the "
+        if full is None or not (full.is_file() or full.is_dir()):
+            raise ValueError(f"no file or COLMAP folder at {path!r} (looked in the input folder and the "
                              f"current folder); check the path")
         return (to_poses(tj.load(full)),)
 
@@ -321,8 +333,8 @@ class CamI2VCameraPreview:
 
 
 def pil_to_image(img) -> torch.Tensor:
-    """PIL RGB image -> IMAGE [1,H,W,3] float 0..1."""
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+    """PIL image -> IMAGE [1,H,W,3] float 0..1."""
+    return torch.from_numpy(load_rgb(img).astype(np.float32) / 255.0)[None]
 
 
 EXAMPLE_JSON = json.dumps({"frames": [
@@ -330,6 +342,46 @@ EXAMPLE_JSON = json.dumps({"frames": [
     {"position": [-1.5, 0, 0.4], "look_at": [0, 0, 3]},
     {"position": [-2.6, 0, 1.5], "look_at": [0, 0, 3]},
 ]}, indent=1)
+
+class CamI2VCameraFromVideo:
+    """Copy the camera move of a clip (an IMAGE batch, e.g. from ComfyUI's Load Video + Get Video Components)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "The clip's frames (at least 3; up to 32 evenly spaced are used)."}),
+                "poses_out": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Poses of the path: the "
+                              "model's frames (16 for the released models, 8 for the bundled one)."}),
+                "fov_deg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 170.0, "step": 0.5, "tooltip": "The "
+                            "clip's horizontal field of view in degrees; 0 = estimate it (needs some camera turn; "
+                            "a clip that mostly slides is read at an assumed 60 degrees, and the report says so)."}),
+                "smooth": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 8.0, "step": 0.25, "tooltip": "Gaussian "
+                           "smoothing of the recovered path, in output frames (0 = none)."}),
+                "normalize": (list(tj.from_video.NORMALIZATIONS), {"default": "depth", "tooltip": "Scale: depth = "
+                              "the near scene at distance 1 (RealEstate10K's convention, what CamI2V was trained "
+                              "on); length = the farthest camera 1 from the first (as the presets)."}),
+            },
+        }
+
+    RETURN_TYPES = (POSES, "STRING")
+    RETURN_NAMES = ("poses", "report")
+    OUTPUT_TOOLTIPS = ("The clip's camera path relative to its first frame, resampled to poses_out.",
+                       "Frames registered, frames missing with the reason, the field of view, the decisions made.")
+    FUNCTION = "recover"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Recovers the camera path of a video clip by structure from motion (pycolmap's global mapper), "
+                   "so a picture can move like the clip. Needs pycolmap (pip install pycolmap==4.2.1).")
+
+    def recover(self, frames, poses_out, fov_deg, smooth, normalize):
+        if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+            raise ValueError(f"expected an IMAGE batch [T,H,W,3] of the clip's frames; got {tuple(frames.shape)}")
+        result = tj.from_video.path_from_frames(frames[..., :3].cpu().numpy(), frames_out=poses_out,
+                                                fov_deg=fov_deg or None, smooth_frames=smooth, normalize=normalize,
+                                                progress=lambda line: log.info("%s", line))
+        report = "\n".join(result.report())
+        return {"ui": {"text": [report]}, "result": (to_poses(result.path), report)}
+
 
 CAMERA_NODES = {
     "CamI2VCameraPreset": CamI2VCameraPreset,
@@ -343,4 +395,5 @@ CAMERA_NODES = {
     "CamI2VCameraLoadFile": CamI2VCameraLoadFile,
     "CamI2VCameraExport": CamI2VCameraExport,
     "CamI2VCameraPreview": CamI2VCameraPreview,
+    "CamI2VCameraFromVideo": CamI2VCameraFromVideo,
 }

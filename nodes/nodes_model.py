@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from cami2v_core.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from cami2v_core.checkpoint import DYNAMICRAFTER_BASES, REALCAM_FILES, CheckpointError, Partial, base_candidates
 from cami2v_core.modules import attention
 
 from . import comfy_bridge
 
 BUNDLED_CHOICE = f"{BUNDLED_MODEL_NAME} (bundled)"
 HF_REPO = "MuteApo/CamI2V"
-# The authors' released files (spec §1.1); all are self-contained fp16 state dicts.
-RELEASE_FILES = ("256_cami2v.pt", "512_cami2v_50k.pt", "512_cami2v_100k.pt", "256_cameractrl.pt", "256_motionctrl.pt")
+# The authors' released files (spec §1.1; realcam spec §1). The CamI2V ones are self-contained fp16 state dicts; the
+# RealCam-I2V ones hold only the camera layers and load over DynamiCrafter's model.ckpt of the same resolution.
+RELEASE_FILES = ("256_cami2v.pt", "512_cami2v_50k.pt", "512_cami2v_100k.pt", "256_cameractrl.pt", "256_motionctrl.pt",
+                 REALCAM_FILES["256"], REALCAM_FILES["512"])
+REALCAM_RESOLUTION = {name: res for res, name in REALCAM_FILES.items()}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -81,16 +86,37 @@ def resolve_checkpoint(name: str, download_missing: bool):
     return download_release(name)
 
 
-def download_release(name: str):
-    """Fetch one release file from the authors' Hugging Face repo into the model folder (opt-in only)."""
+def release_download(name: str) -> dict | None:
+    """ComfyUI's model metadata for a release file ({name, url, directory}), so a workflow can offer the download;
+    None for any other file."""
+    if name not in RELEASE_FILES:
+        return None
+    return {"name": name, "url": f"https://huggingface.co/{HF_REPO}/resolve/main/{name}",
+            "directory": comfy_bridge.MODEL_FOLDER}
+
+
+def download_release(name: str, repo: str = HF_REPO, filename: str | None = None, subfolder: str = ""):
+    """Fetch one release file (default: from the authors' Hugging Face repo) into the model folder (opt-in only)."""
+    target = comfy_bridge.download_dir() / subfolder
     try:
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(HF_REPO, name, local_dir=str(comfy_bridge.download_dir()))
+        return hf_hub_download(repo, filename or name, local_dir=str(target))
     except Exception as e:  # offline, gated, disk full: all become one actionable message
-        raise RuntimeError(f"could not download {name} from https://huggingface.co/{HF_REPO} ({type(e).__name__}: "
-                           f"{e}). Check the network, or download it by hand into "
-                           f"{comfy_bridge.model_dirs()[0]}") from e
+        raise RuntimeError(f"could not download {name} from https://huggingface.co/{repo} ({type(e).__name__}: "
+                           f"{e}). Check the network, or download it by hand into {target}") from e
+
+
+def ensure_realcam_base(name: str, path, download_missing: bool) -> None:
+    """A RealCam-I2V file needs its DynamiCrafter base: fetch it (opt-in) when no model folder holds one."""
+    resolution = REALCAM_RESOLUTION.get(name)
+    if resolution is None or not download_missing:
+        return
+    base = DYNAMICRAFTER_BASES[resolution]
+    if base_candidates(Partial(resolution), Path(path).parent, comfy_bridge.base_search_dirs()):
+        return
+    repo = base.url.removeprefix("https://huggingface.co/")
+    download_release(base.label, repo=repo, filename=base.filename, subfolder=base.folder)
 
 
 class CamI2VModelLoader:
@@ -102,7 +128,10 @@ class CamI2VModelLoader:
         return {
             "required": {
                 "ckpt_name": (checkpoint_choices(), {"tooltip": "Checkpoint in models/cami2v (CamI2V 256/512, "
-                              "CameraCtrl, MotionCtrl, DynamiCrafter, or a model trained with training/). "
+                              "RealCam-I2V 256/512, CameraCtrl, MotionCtrl, DynamiCrafter, or a model trained with "
+                              "training/). RealCam-I2V files load over DynamiCrafter's model.ckpt of the same size "
+                              "(models/cami2v/DynamiCrafter_512/model.ckpt or in models/checkpoints; fetched with "
+                              "download_missing). "
                               "'(bundled)' is the tiny CPU demo model. The authors' release files are always "
                               "listed; one not in models/cami2v is fetched only when download_missing is on. "
                               + (f"Not downloaded yet: {', '.join(missing)}." if missing else
@@ -127,8 +156,9 @@ class CamI2VModelLoader:
     OUTPUT_TOOLTIPS = ("The loaded model with its variant (cami2v, cameractrl, motionctrl or dynamicrafter).",)
     FUNCTION = "load"
     CATEGORY = "CamI2V"
-    DESCRIPTION = ("Loads a CamI2V, CameraCtrl, MotionCtrl or DynamiCrafter checkpoint. The file holds the whole "
-                   "model (UNet, VAE, CLIP text and image encoders), so nothing else needs loading.")
+    DESCRIPTION = ("Loads a CamI2V, RealCam-I2V, CameraCtrl, MotionCtrl or DynamiCrafter checkpoint. The file holds "
+                   "the whole model (UNet, VAE, CLIP text and image encoders), so nothing else needs loading; a "
+                   "RealCam-I2V file is merged over its DynamiCrafter base.")
 
     def load(self, ckpt_name, precision="auto", attention="auto", keep_loaded=True, download_missing=False):
         from cami2v_core import load_model
@@ -136,7 +166,14 @@ class CamI2VModelLoader:
         path = resolve_checkpoint(ckpt_name, download_missing)
         dtype = resolve_dtype(precision, comfy_bridge.torch_device())
         attention_backend_for(attention)  # validate now, not mid-sampling
-        model = load_model(path, device="cpu", dtype=dtype)
+        ensure_realcam_base(ckpt_name, path, download_missing)
+        try:
+            model = load_model(path, device="cpu", dtype=dtype, search_dirs=comfy_bridge.base_search_dirs())
+        except CheckpointError as e:
+            if "holding only the camera layers" not in str(e):
+                raise
+            raise CheckpointError(f"{e} In ComfyUI, models/{comfy_bridge.MODEL_FOLDER} and models/checkpoints are "
+                                  f"searched; or switch on download_missing to fetch the base.") from e
         return (CamI2VModelHandle(model, str(ckpt_name), dtype, attention, bool(keep_loaded)),)
 
 

@@ -22,8 +22,8 @@ CAMERA_SCHEDULES = ("constant", "cosine")
 log = logging.getLogger("CamI2V")
 
 
-def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """CAMERACTRL_POSES -> (w2c [T,4,4], normalised intrinsics [T,4], note) for a model of `frames` frames.
+def camera_path(camera, frames: int) -> tuple[Trajectory, str | None]:
+    """CAMERACTRL_POSES -> (a Trajectory of `frames` poses, note) for a model of `frames` frames.
 
     A path of another length is resampled over its whole length, as the command line does; `note` says so (None
     when the path fitted as it was)."""
@@ -34,7 +34,7 @@ def camera_arrays(camera, frames: int) -> tuple[np.ndarray, np.ndarray, str | No
     if note:
         note += (f" (to choose how it is spread instead, put a {node_name('CamI2VCameraRetime')} node set to "
                  f"{frames} frames before the sampler)")
-    return np.asarray(traj.w2c), np.asarray(traj.intrinsics), note
+    return traj, note
 
 
 def single_image(image: torch.Tensor) -> torch.Tensor:
@@ -79,29 +79,39 @@ class CamI2VSampler:
                                     "text)."}),
                 "seed": ("INT", {"default": DEFAULTS.seed, "min": 0, "max": 2**63 - 1, "control_after_generate": True,
                          "tooltip": "Same seed, same video."}),
-                "steps": ("INT", {"default": DEFAULTS.steps, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
-                "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
+                "steps": ("INT", {"default": DEFAULTS.steps,
+                                  "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 25)."}),
+                "cfg_text": ("FLOAT", {"default": DEFAULTS.cfg_text,
+                                       "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Text "
                              "guidance. Equal to cfg_image gives the original single-scale guidance (no extra "
                              "pass)."}),
-                "cfg_image": ("FLOAT", {"default": DEFAULTS.cfg_text, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
+                "cfg_image": ("FLOAT", {"default": DEFAULTS.cfg_text,
+                                        "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Image "
                               "guidance. Different from cfg_text adds an image-only pass (slower)."}),
-                "cfg_camera": ("FLOAT", {"default": DEFAULTS.cfg_camera, "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
+                "cfg_camera": ("FLOAT", {"default": DEFAULTS.cfg_camera,
+                                         "min": 0.0, "max": 10.0, "step": 0.1, "tooltip": "Camera "
                                "guidance; 1 = off (the paper's setting). Above 1 exaggerates the camera motion at "
                                "the cost of one more pass per step."}),
-                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": DEFAULTS.camera_schedule, "tooltip": "How camera "
+                "camera_schedule": (list(CAMERA_SCHEDULES), {"default": DEFAULTS.camera_schedule,
+                                                             "tooltip": "How camera "
                                     "guidance is weighted over the steps: constant, or cosine (strong early, "
                                     "fading at the end)."}),
-                "eta": ("FLOAT", {"default": DEFAULTS.eta, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
+                "eta": ("FLOAT", {"default": DEFAULTS.eta,
+                                  "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 1 = "
                         "stochastic (the released setting), 0 = deterministic."}),
-                "guidance_rescale": ("FLOAT", {"default": DEFAULTS.guidance_rescale, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                "guidance_rescale": ("FLOAT", {"default": DEFAULTS.guidance_rescale,
+                                               "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                                      "Rescales the guided prediction's std to the conditional one (0.7 released; "
                                      "0 = off)."}),
-                "frame_stride": ("INT", {"default": DEFAULTS.frame_stride, "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
+                "frame_stride": ("INT", {"default": DEFAULTS.frame_stride,
+                                         "min": 1, "max": 30, "tooltip": "Frame-stride conditioning: "
                                  "larger = more motion between frames (demo 2, paper eval 8)."}),
-                "trace_scale": ("FLOAT", {"default": DEFAULTS.trace_scale, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                                "Multiplies the camera translations (the demo's 'scale')."}),
-                "cond_frame": ("INT", {"default": DEFAULTS.cond_frame, "min": 0, "max": 63, "tooltip": "Which output frame shows "
-                               "the input picture; the camera path is made relative to that frame."}),
+                "trace_scale": ("FLOAT", {"default": DEFAULTS.trace_scale, "min": 0.0, "max": 10.0, "step": 0.05,
+                                "tooltip": "Multiplies the camera translations (the demo's 'scale'). RealCam-I2V "
+                                "reads metres: a metric path as it is, any other path as 0.5 m per unit (its "
+                                "demo's) times this; the report says how far the camera moves."}),
+                "cond_frame": ("INT", {"default": DEFAULTS.cond_frame, "min": 0, "max": 63, "tooltip": "Which output "
+                               "frame shows the input picture; the camera path is made relative to that frame."}),
             },
             "optional": {
                 "camera": (CAMERA_TYPE, {"tooltip": "Camera path from a CamI2V camera node (or any CameraCtrl "
@@ -109,6 +119,9 @@ class CamI2VSampler:
                            "DynamiCrafter."}),
                 "use_camera_intrinsics": ("BOOLEAN", {"default": False, "tooltip": "Use the focal lengths stored "
                                           "in the camera path instead of the demo's 90-degree field of view."}),
+                "scene": ("CAMI2V_SCENE", {"tooltip": "Optional, RealCam-I2V: a scene from the Scene Preview "
+                          "node turns on its scene-constrained noise shaping (the first steps, t >= 900, start from "
+                          "the rendered scene where it is visible). Off when not connected, as upstream."}),
                 "fit": (list(pipeline.FIT_MODES), {"default": "crop", "tooltip": "How a picture of another shape "
                         "meets the model's frame: crop = cover it and centre-crop (the original's), pad = keep the "
                         "whole picture and fill the borders with its edge pixels, stretch = squeeze it to the frame. "
@@ -127,7 +140,7 @@ class CamI2VSampler:
 
     def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
                camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,
-               use_camera_intrinsics=False, fit="crop"):
+               use_camera_intrinsics=False, fit="crop", scene=None):
         net = model.model
         frames = net.config.temporal_length
         has_camera_input = net.config.camera is not None
@@ -145,10 +158,17 @@ class CamI2VSampler:
         fit_note = pipeline.describe_fit(tuple(picture.shape[:2]), net.config.resolution, fit)
         notes = [fit_note] if fit_note else []
         if camera is not None:
-            w2c, intrinsics, note = camera_arrays(camera, frames)
-            notes += [note] if note else []
+            traj, note = camera_path(camera, frames)
+            trace_scale, unit_note = pipeline.camera_scale(traj, net.config.translation_unit, trace_scale)
+            notes += [n for n in (note, unit_note) if n]
+            w2c, intrinsics = np.asarray(traj.w2c), np.asarray(traj.intrinsics)
         else:
             w2c, intrinsics = np.repeat(np.eye(4)[None], frames, 0), None
+        from .nodes_realcam import noise_shaping_for  # (that module imports this one)
+
+        shaping = noise_shaping_for(scene, frames, cond_frame, trace_scale)
+        if shaping is not None:
+            notes.append("scene-constrained noise shaping on (steps with t >= 900 start from the rendered scene)")
         for note in notes:
             log.warning("%s: %s", DISPLAY_NAMES["CamI2VSampler"], note)
         device = comfy_bridge.torch_device()
@@ -164,7 +184,7 @@ class CamI2VSampler:
                 steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, cfg_camera=cfg_camera,
                 camera_schedule=camera_schedule, guidance_rescale=guidance_rescale, eta=eta, seed=seed,
                 frame_stride=frame_stride, cond_frame_index=cond_frame, trace_scale=trace_scale, callback=on_step,
-                offload=not model.keep_loaded, fit=fit)
+                offload=not model.keep_loaded, fit=fit, noise_shaping=shaping)
         out = pipeline.to_comfy_latent(latent.float().cpu())
         out["cami2v_frames"] = frames
         out["cami2v_fps"] = DEFAULTS.playback_fps(frame_stride)

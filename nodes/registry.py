@@ -25,6 +25,9 @@ DISPLAY_NAMES = {
     "CamI2VCameraLoadFile": "CamI2V Camera Load File",
     "CamI2VCameraExport": "CamI2V Camera Export JSON",
     "CamI2VCameraPreview": "CamI2V Camera Preview",
+    "CamI2VCameraFromVideo": "CamI2V Camera From Video",
+    "CamI2VDepthLoader": "CamI2V Depth Model Loader (RealCam-I2V)",
+    "CamI2VScenePreview": "CamI2V Scene Preview (RealCam-I2V)",
 }
 
 

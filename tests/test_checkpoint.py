@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cami2v_core.checkpoint import (CONFIG_METADATA_KEY, CheckpointError, Detected, check_state_dict, convert,
+from cami2v_core.checkpoint import (CONFIG_METADATA_KEY, CheckpointError, DamagedCheckpointError, Detected,
+                                    NotACheckpointError, UnsafeCheckpointError, check_state_dict, convert,
                                     detect_variant, infer_config, load_shapes, load_state_dict, normalize_state_dict,
                                     read_safetensors_header, save_safetensors)
 from cami2v_core.configs import PRESETS, ModelConfig
@@ -118,13 +121,89 @@ def test_truncated_torch_file_is_reported(tmp_path):
         load_state_dict(path)
 
 
-def test_pickle_that_needs_code_is_refused_with_conversion_advice(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_pickle_that_needs_code_is_refused_without_unsafe_advice(tmp_path, zipped):
     path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": small(golden_state_dict()), "hparams": argparse.Namespace(lr=1e-4)}, path)
-    with pytest.raises(CheckpointError) as e:
+    torch.save({"state_dict": small(golden_state_dict()), "hparams": argparse.Namespace(lr=1e-4)}, path,
+               _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UnsafeCheckpointError) as e:
         load_state_dict(path)
     msg = str(e.value)
-    assert "needs Python code" in msg and "argparse.Namespace" in msg and "save_file" in msg
+    assert str(path) in msg and "cannot be loaded safely" in msg and "argparse.Namespace" in msg
+    assert ".safetensors release" in msg and "convert it to .safetensors yourself" in msg
+    assert "weights_only" not in msg and "torch.load" not in msg  # never advise running the file's code
+
+
+def random_bytes(seed: int, n: int = 5000) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+# The first bytes that steer a format sniffer: none, a zip signature, pickle protocol 2, a plausible
+# safetensors length + "{", torch's legacy magic.
+PREFIXES = {"none": b"", "zip": b"PK\x03\x04", "pickle": b"\x80\x02", "safetensors": (300).to_bytes(8, "little") + b"{",
+            "legacy-torch": b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("prefix", sorted(PREFIXES))
+def test_random_bytes_are_one_message_naming_the_file(tmp_path, suffix, prefix):
+    for seed in range(4):
+        path = tmp_path / f"model{seed}{suffix}"
+        data = PREFIXES[prefix] + random_bytes(seed)[len(PREFIXES[prefix]):]
+        path.write_bytes(data)
+        for read in (load_state_dict, load_shapes):
+            with pytest.raises(CheckpointError) as e:
+                read(path)
+            msg = str(e.value)
+            assert str(path) in msg and "README.md" in msg, msg
+            assert "weights_only" not in msg and "needs Python code" not in msg, msg
+
+
+def test_random_bytes_say_what_they_are(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(random_bytes(0))
+    with pytest.raises(NotACheckpointError, match="neither a safetensors file nor a PyTorch checkpoint"):
+        load_state_dict(path)
+    path.write_bytes(b"PK\x03\x04" + random_bytes(1)[4:])
+    with pytest.raises(DamagedCheckpointError, match="damaged or truncated PyTorch checkpoint"):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize("name, content, error, words", [
+    ("256_cami2v.pt", "version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 5489000000\n",
+     NotACheckpointError, ["Git LFS pointer", "git lfs pull", "README.md"]),
+    ("256_cami2v.pt", "<!DOCTYPE html>\n<html><head><title>Hugging Face</title></head><body>Sign in</body></html>",
+     NotACheckpointError, ["web page", "resolve/main", "README.md"]),
+    ("model.safetensors", "  \n<html>\n<body>502 Bad Gateway</body></html>\n", NotACheckpointError, ["web page"]),
+    ("model.safetensors", '{"error":"Repository not found"}', NotACheckpointError,
+     ["text file", "Repository not found", "README.md"]),
+    ("model.ckpt", "", DamagedCheckpointError, ["empty", "README.md"]),
+    ("model.pt", "\x01\x02\x03", DamagedCheckpointError, ["too short", "README.md"]),
+])
+def test_wrong_content_is_named(tmp_path, name, content, error, words):
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(error) as e:
+        load_state_dict(path)
+    msg = str(e.value)
+    assert str(path) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_plain_pickle_is_refused_as_unsafe(tmp_path):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    with pytest.raises(UnsafeCheckpointError, match="plain Python pickle"):
+        load_state_dict(path)
+
+
+def test_safetensors_with_a_bad_header_entry_is_damaged(tmp_path):
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    with pytest.raises(DamagedCheckpointError, match="not tensor descriptions"):
+        load_state_dict(path)
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -132,6 +211,37 @@ def test_not_a_checkpoint(tmp_path):
     path.write_text("hello, this is text")
     with pytest.raises(CheckpointError, match="neither a safetensors file nor a PyTorch checkpoint"):
         load_state_dict(path)
+
+
+def test_strict_load_names_the_file_on_bad_keys(tmp_path):
+    from cami2v_core.model import load_model
+
+    sd = golden_state_dict()
+    dropped = next(k for k in sd if k.startswith("model.diffusion_model."))
+    sd = {k: v for k, v in sd.items() if k != dropped}
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "edited.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert msg.count(str(path)) >= 1 and dropped in msg and "extra.weight" in msg
+
+
+def test_train_vae_init_with_wrong_keys_names_the_file(tmp_path):
+    from PIL import Image
+
+    from training import train_vae
+
+    clip = tmp_path / "data" / "video_clips" / "train" / "s" / "c"
+    clip.mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(clip / "00000.png")
+    init = tmp_path / "not_a_vae.safetensors"
+    save_file({"first_stage_model.encoder.conv_in.weight": torch.zeros(3, 3)}, str(init))
+    with pytest.raises(CheckpointError) as e:
+        train_vae.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "v.safetensors"),
+                        "--init", str(init), "--steps", "1"])
+    assert str(init) in str(e.value) and "is missing" in str(e.value)
 
 
 def test_missing_keys_are_grouped_by_prefix():

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACK = "ComfyUI-CamI2V"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 EXAMPLES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
-QUICKSTART = "cami2v_orbit_quickstart"
+QUICKSTART = "CamI2V quick start, orbit with the bundled tiny model (CPU)"
+FRONTEND_ONLY = ("Note", "MarkdownNote")  # never sent to the server
 pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")]
 
@@ -63,6 +65,18 @@ def _input_picture(folder: Path) -> None:
     from tests.synthetic_photo import make_photo
 
     Image.fromarray(make_photo(256, 256, seed=3)).save(folder / "example.png")
+    import av
+
+    from tests.test_from_video import known_clip
+
+    video = known_clip("orbit_left")[0]  # a synthetic room filmed by a known orbit: the video-to-video example's clip
+    with av.open(str(folder / "example.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.height, stream.width = video.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +162,9 @@ def test_example_workflows_are_served_as_templates(server):
     templates = _get(base + "/workflow_templates")
     assert sorted(templates.get(PACK, [])) == EXAMPLES, templates
     for name in EXAMPLES:
-        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{name}.json", timeout=10) as r:
+        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{quote(name)}.json", timeout=10) as r:
             assert json.loads(r.read()) == json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
-        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{name}.jpg", timeout=10) as r:
+        with urllib.request.urlopen(f"{base}/api/workflow_templates/{PACK}/{quote(name)}.jpg", timeout=10) as r:
             assert r.headers.get_content_type() == "image/jpeg" and r.read(3) == b"\xff\xd8\xff", name
     print("templates:", ", ".join(templates[PACK]))
 
@@ -160,6 +174,8 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     links = {l[0]: l for l in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
         spec = object_info[node["type"]]
         order = spec.get("input_order", {})
         names = order.get("required", []) + order.get("optional", [])
@@ -174,7 +190,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
                 value = values.pop(0)
                 if opts.get("control_after_generate"):
                     values.pop(0)
-                if opts.get("image_upload"):
+                if opts.get("image_upload") or opts.get("video_upload"):
                     values.pop(0)
                 inputs[name] = value
             if name in linked:
@@ -204,7 +220,7 @@ def load_example(name: str) -> dict:
 def test_every_example_converts_to_api_format(object_info, name):
     workflow = load_example(name)
     prompt, how = convert(workflow, object_info)
-    assert set(prompt) == {str(n["id"]) for n in workflow["nodes"]}, "nodes were dropped"
+    assert set(prompt) == {str(n["id"]) for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY}, "nodes dropped"
     assert {n["class_type"] for n in prompt.values()} <= set(object_info)
     print(f"{name}: {len(prompt)} nodes converted ({how})")
 
@@ -261,3 +277,47 @@ def test_quickstart_runs_to_a_saved_video_and_every_example_validates(server, ob
     assert frames[0].shape[0] > 0 and float(np.std(frames[0])) > 1.0, "the first frame is blank"
     print(f"saved {videos[0]}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} at {rate} fps "
           f"({codec})")
+
+
+def _run(base: str, prompt: dict, what: str, minutes: int = 15) -> dict:
+    """Queue an API prompt and wait for it; its history entry (fails with ComfyUI's status when it did not run)."""
+    status, answer = _post(base + "/prompt", {"prompt": prompt})
+    assert status == 200 and not answer.get("node_errors"), json.dumps(answer)[:3000]
+    prompt_id = answer["prompt_id"]
+    for _ in range(60 * minutes):
+        history = _get(f"{base}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            entry = history[prompt_id]
+            assert entry["status"].get("status_str") == "success", json.dumps(entry["status"])[:3000]
+            return entry
+        time.sleep(1)
+    pytest.fail(f"{what} did not finish within {minutes} minutes")
+
+
+def test_a_camera_path_of_another_length_is_resampled_and_reported(server, object_info):
+    """The first thing most users hit: a 16-frame camera node before the 8-frame bundled model."""
+    base = server[0]
+    prompt, _ = convert(load_example(QUICKSTART), object_info)
+    sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "CamI2VSampler")
+    orbit = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VCameraOrbit")
+    orbit["frames"] = 16
+    prompt[sampler_id]["inputs"]["steps"] = 2
+    entry = _run(base, prompt, "the 16-frame camera workflow")
+    report = "\n".join(entry["outputs"][sampler_id]["text"])
+    assert "16" in report and "8" in report and "resampled" in report, report
+    assert "CamI2V Camera Resample / Retime" in report  # the node it names exists under that name
+    print("sampler report:", report)
+
+
+def test_the_video_to_video_example_copies_the_clips_camera(server, object_info):
+    from scripts.build_example_workflows import FROM_VIDEO
+
+    base = server[0]
+    prompt, _ = convert(load_example(FROM_VIDEO), object_info)
+    sampler = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CamI2VSampler")
+    sampler["steps"] = 2
+    camera_id = next(k for k, n in prompt.items() if n["class_type"] == "CamI2VCameraFromVideo")
+    entry = _run(base, prompt, "the video-to-video example")
+    report = "\n".join(entry["outputs"][camera_id]["text"])
+    assert "sampled frames registered" in report, report
+    print("camera from video:", report.splitlines()[0])

@@ -43,8 +43,8 @@ def test_parse_pose_lines_reads_w2c_row_major():
     np.testing.assert_allclose(mats[0], w2c)
 
 
-@pytest.mark.parametrize("line, word", [("1 2 3", "has 3 numbers"), (" ".join(["x"] * 19), "not numeric"),
-                                        (" ".join(["nan"] * 19), "nan")])
+@pytest.mark.parametrize("line, word", [("1 2 3", "has 3 values"), (" ".join(["x"] * 19), "is not a number"),
+                                        (" ".join(["nan"] * 19), "finite number, found nan")])
 def test_parse_pose_lines_errors(line, word):
     with pytest.raises(D.ClipError, match=word):
         D.parse_pose_lines([line], "clip.txt")

@@ -150,6 +150,17 @@ def test_generate_writes_a_playable_video_of_the_models_frame_count(tmp_path, ti
         assert img.size == (64, 64)
 
 
+def test_fewer_step_solvers_are_chosen_with_sampler(tmp_path, tiny_ckpt, photos):
+    out = tmp_path / "unipc.gif"
+    r = _run("--image", photos["landscape"], "--camera", _preset(), "--out", out, "--ckpt", tiny_ckpt,
+             "--sampler", "unipc", "--steps", 2, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert count_frames(out) == 8
+    r = _run("--image", photos["landscape"], "--camera", _preset(), "--out", tmp_path / "v.gif", "--ckpt", tiny_ckpt,
+             "--sampler", "euler")
+    _assert_clean_failure(r, "--sampler", "'dpmpp_2m'")
+
+
 def test_same_seed_gives_identical_frames(tmp_path, tiny_ckpt, photos):
     from PIL import Image
 

@@ -334,3 +334,60 @@ def test_live_preview_has_the_videos_aspect_and_the_fitted_colours():
     assert picture.size == (128, 64)  # width x height: the latent's 2:1, enlarged from the 16x8 grid
     expected = (0.9 * 255, 0.2 * 255, 0.3 * 255)  # channel 1 (1.0) x 0.8 red, plus the bias
     assert all(abs(got - want) <= 1 for got, want in zip(picture.getpixel((64, 32)), expected))
+
+
+def test_scene_preview_feeds_the_samplers_noise_shaping_and_must_match_its_path(cami2v, tmp_path):
+    from tests.test_scene import _tiny_depth_anything
+
+    depth = _tiny_depth_anything()
+    camera = NODES["CamI2VCameraPreset"]().build("pan left", 8, 0.6, 1.0)[0]
+    out = NODES["CamI2VScenePreview"]().preview(cami2v, picture(), camera, depth, 1.0, 0, "crop")
+    renders, visible, plan, report = out["result"]
+    h, w = cami2v.model.config.resolution
+    assert renders.shape == (8, h, w, 3) and visible.shape == (8, h, w)
+    assert float(visible[0].mean()) > 0.95  # the picture's own camera sees its points (less flying outliers)
+    assert "scene depth" in report and " m " in report
+    kwargs = widgets_defaults("CamI2VSampler")
+    kwargs.update(steps=2, seed=7)
+    shaped = NODES["CamI2VSampler"]().sample(cami2v, picture(), camera=camera, scene=plan, **kwargs)
+    assert "noise shaping on" in shaped["result"][1]
+    plain = NODES["CamI2VSampler"]().sample(cami2v, picture(), camera=camera, **kwargs)
+    # 2 trailing steps visit t = 999 and 499: the first is shaped, so the videos differ
+    assert not torch.equal(shaped["result"][0]["samples"], plain["result"][0]["samples"])
+    with pytest.raises(ValueError, match="CamI2V Sampler: the scene was rendered for .* cond_frame 0"):
+        NODES["CamI2VSampler"]().sample(cami2v, picture(), camera=camera, scene=plan, **{**kwargs, "cond_frame": 3})
+
+
+def test_depth_loader_without_local_weights_says_how_to_get_them(monkeypatch, tmp_path):
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(comfy_bridge, "STANDALONE_MODELS_DIR", tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="switch on download_missing"):
+        NODES["CamI2VDepthLoader"]().load("small", False)
+
+
+def test_load_file_reads_3d_tools_cameras(tmp_path):
+    path = tj.orbit("left", 30.0, 3.0, 8)
+    tj.write_colmap(path, tmp_path / "colmap")
+    (tmp_path / "transforms.json").write_text(tj.to_transforms_json(path))
+    for source in (tmp_path / "colmap", tmp_path / "colmap" / "images.txt", tmp_path / "transforms.json"):
+        poses = NODES["CamI2VCameraLoadFile"]().load(str(source))[0]
+        assert tj.Trajectory.from_cameractrl_poses(poses).allclose(path, atol=1e-6), source
+
+
+def test_camera_from_video_copies_a_clips_move_and_reports_what_it_did():
+    from tests.test_from_video import check_recovery, known_clip
+    from trajectories.sfm import require_pycolmap
+
+    require_pycolmap()
+    video, w2c, intr, scene = known_clip("dolly_in")
+    frames = torch.from_numpy(video).float() / 255  # an IMAGE batch, as a video loader gives it
+    out = NODES["CamI2VCameraFromVideo"]().recover(frames, len(video), 0.0, 0.0, "depth")
+    poses, report = out["result"]
+    assert out["ui"]["text"] == [report] and "sampled frames registered" in report
+    path = tj.Trajectory.from_cameractrl_poses(poses)
+    assert len(path) == len(video)
+    check_recovery(path, w2c, intr, scene, False, report.splitlines())
+    grey = torch.full((8, 48, 64, 3), 0.5)
+    with pytest.raises(ValueError, match="CamI2V Camera From Video: could not reconstruct the camera"):
+        NODES["CamI2VCameraFromVideo"]().recover(grey, 8, 0.0, 0.0, "depth")

@@ -292,3 +292,60 @@ def test_cli_generate_accepts_a_partial_checkpoint(tmp_path, tiny_pair, capsys):
     code, out, err = run(capsys, *common, tmp_path / "b.gif", "--base", base)
     assert code == 0, err
     assert (tmp_path / "b.gif").is_file()
+
+
+# -- the ComfyUI loader node -------------------------------------------------------------------------------------
+
+class FakeFolderPaths:
+    """ComfyUI's folder_paths for a models tree with a cami2v and a checkpoints folder."""
+
+    def __init__(self, root: Path):
+        self.models_dir = str(root)
+        self.folder_names_and_paths = {"checkpoints": ([str(root / "checkpoints")], {".ckpt", ".safetensors"})}
+
+    def get_folder_paths(self, kind):
+        return list(self.folder_names_and_paths[kind][0])
+
+    def get_filename_list(self, kind):
+        out = []
+        for d in self.get_folder_paths(kind):
+            out += [str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file()]
+        return sorted(out)
+
+    def get_full_path(self, kind, name):
+        for d in self.get_folder_paths(kind):
+            if (Path(d) / name).is_file():
+                return str(Path(d) / name)
+        return None
+
+
+def test_loader_node_merges_a_realcam_file_over_a_base_in_comfyuis_checkpoints(tmp_path, tiny_pair, monkeypatch):
+    import sys
+
+    from nodes import NODE_CLASS_MAPPINGS as NODES
+
+    fake = FakeFolderPaths(tmp_path / "models")
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    write_pair(tmp_path / "models" / "cami2v", tiny_pair, base_at=None)
+    _, base, _ = tiny_pair
+    (tmp_path / "models" / "checkpoints" / "DynamiCrafter").mkdir(parents=True)
+    torch.save({"state_dict": base}, tmp_path / "models" / "checkpoints" / "DynamiCrafter" / "model.ckpt")
+    loader = NODES["CamI2VModelLoader"]()
+    assert "realcam_tiny.safetensors" in NODES["CamI2VModelLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    handle = loader.load("realcam_tiny.safetensors", "fp32", "sdpa", True)[0]
+    assert_is_original(handle.model, tiny_pair[0])
+    # without the base: the message says where ComfyUI looks and how to fetch it
+    (tmp_path / "models" / "checkpoints" / "DynamiCrafter" / "model.ckpt").unlink()
+    with pytest.raises(CamI2VError, match="models/checkpoints are searched; or switch on download_missing"):
+        loader.load("realcam_tiny.safetensors", "fp32", "sdpa", True)
+
+
+def test_release_realcam_files_are_offered_with_download_metadata():
+    from nodes.nodes_model import RELEASE_FILES, release_download
+
+    for name in ("256_realcam-i2v_50k.safetensors", "512_realcam-i2v_50k.safetensors"):
+        assert name in RELEASE_FILES
+        meta = release_download(name)
+        assert meta == {"name": name, "url": f"https://huggingface.co/MuteApo/CamI2V/resolve/main/{name}",
+                        "directory": "cami2v"}
+    assert release_download("my_own_model.safetensors") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -122,6 +123,92 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
+# -- a fresh clone's first command ----------------------------------------------------------------------------------
+
+def _readme_first_command() -> list[str]:
+    """The first `python -m training.train` command of training/README.md, as argv after the module name."""
+    for line in (ROOT / "training" / "README.md").read_text().splitlines():
+        if line.startswith("python -m training.train "):
+            return shlex.split(line)[3:]
+    raise AssertionError("training/README.md shows no `python -m training.train` command")
+
+
+def test_readme_first_command_runs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    from cami2v_core.bundled import BUNDLED_MODEL
+    from cami2v_core.checkpoint import read_safetensors_header
+    from cami2v_core.model import load_model
+    from training.synthetic import _parser, generate
+    # what the first run renders is the bundled model's step 1, so that command later finds it complete
+    assert T.synthetic_command(T.SYNTHETIC_ROOT) in (ROOT / "training" / "README.md").read_text()
+    argv = _readme_first_command()
+    assert argv[:2] == ["--config", "training/configs/tiny_synthetic.yaml"]
+    assert any(a.startswith("max_steps=") for a in argv), "the first command must stay short (max_steps=...)"
+    # the same command in an empty folder (a fresh clone has no runs/), 2 steps, 2 rendered scenes
+    argv = [str(CONFIG) if a == argv[1] else ("max_steps=2" if a.startswith("max_steps=") else a) for a in argv]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(T.SYNTHETIC_SETTINGS, "scenes", 2)
+    assert T.main(argv + ["train.progress=false"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rendering runs/synth64: 2/2 scenes" in err
+    clips = (tmp_path / "runs" / "synth64" / "train_valid_list.txt").read_text().split()
+    assert len(clips) == 2 * 2  # 2 scenes x 2 clips
+    a = _parser().parse_args(shlex.split(T.synthetic_command(T.SYNTHETIC_ROOT))[3:])
+    again = generate(a.out, a.scenes, a.seed, a.frames, *a.size, a.split, supersample=a.supersample, log=None)
+    assert again["clips_rendered"] == 0 and again["clips_skipped"] == 4
+    # the VAE is the bundled model's, tensor for tensor, and the run's config records the file it used
+    vae_file = tmp_path / T.BUNDLED_VAE
+    bundled = load_file(str(BUNDLED_MODEL))
+    vae = load_file(str(vae_file))
+    assert vae and all(torch.equal(v, bundled[key].float()) for key, v in vae.items())
+    out = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")))
+    assert str(T.BUNDLED_VAE) in (out / "config.yaml").read_text()
+    model = load_model(out / "checkpoints" / "step_00000002" / "model.safetensors")
+    sd = model.state_dict()
+    assert all(torch.equal(sd[key], vae[key]) for key in vae)  # frozen: still the bundled VAE after training
+    with safe_open(str(vae_file), framework="pt") as f:
+        std = float(f.metadata()["latent_std"])
+    bundled_scale = json.loads(read_safetensors_header(BUNDLED_MODEL)[1]["cami2v_config"])["scale_factor"]
+    assert model.scale_factor == pytest.approx(1 / std, rel=1e-4) == pytest.approx(bundled_scale, rel=1e-4)
+    # running it again renders nothing and continues the run
+    assert T.main([a for a in argv if not a.startswith("max_steps=")] + ["max_steps=3", "train.progress=false"]) == 0
+    err = capsys.readouterr().err
+    assert "rendering" not in err and (out / "checkpoints" / "step_00000003").is_dir()
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_missing_data_fails_in_one_line_naming_the_command(tmp_path, monkeypatch, capsys):
+    from training.synthetic import _parser
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "elsewhere"
+    rc = T.main(["--config", str(CONFIG), "model.init_parts=[]", "model.scale_factor_from=null",
+                 f"data.root={root}", "max_steps=1"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and f"data.root {root} does not exist" in line
+    command = line.split("`")[1]
+    args = _parser().parse_args(shlex.split(command)[3:])  # the named command is one training.synthetic accepts
+    assert args.out == str(root) and tuple(args.size) == (64, 64) and args.frames >= 8 and args.split == "train"
+    assert not root.exists() and not (tmp_path / "runs").exists()  # nothing rendered or written
+
+
+def test_missing_vae_of_another_recipe_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    vae = tmp_path / "my_vae.safetensors"
+    rc = T.main(["--config", str(CONFIG), f"model.init_parts=[{vae}]", f"model.scale_factor_from={vae}",
+                 "max_steps=1"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and f"{vae} (model.init_parts) does not exist" in line
+    assert f"python -m training.train_vae --data runs/synth64 --model {CONFIG} --out {vae}" in line
+    assert "render the data with `python -m training.synthetic --out runs/synth64" in line  # runs/synth64 absent too
+    assert not (tmp_path / "runs").exists()
+
+
 # -- training runs --------------------------------------------------------------------------------------------------
 
 def test_checkpoint_loads_with_load_model_and_samples(synth, tmp_path):
@@ -146,25 +233,79 @@ def test_checkpoint_loads_with_load_model_and_samples(synth, tmp_path):
     assert not any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
 
 
-def test_resume_continues_the_same_run(synth, tmp_path):
-    extra = {"train.save_every": 2, "train.ema_decay": 0.9, "train.uncond_prob": 0.3}
+class Killed(Exception):
+    """Stands in for a process killed mid-run."""
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor of a nested dict / list (an optimizer state), keyed by its path."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+
+
+def test_resume_after_a_kill_is_bit_identical(synth, tmp_path, monkeypatch):
+    # The shipped recipe's options that carry state across steps: the frozen-encoder cache, EMA, cosine LR with
+    # warm-up, batches of 2; a checkpoint (step 3) between two logged steps (every 2), a kill after step 4.
+    n, k = 6, 3
+    extra = {"train.save_every": k, "train.log_every": 2, "train.batch_size": 2, "train.cache_frozen": "true",
+             "train.ema_decay": 0.9, "train.uncond_prob": 0.3, "max_steps": n}
     full = tmp_path / "full"
-    T.train(T.load_config(CONFIG, overrides(synth, full, max_steps=4, **extra)))
+    T.train(T.load_config(CONFIG, overrides(synth, full, **extra)))
     part = tmp_path / "part"
-    T.train(T.load_config(CONFIG, overrides(synth, part, max_steps=2, **extra)))  # "interrupted" after step 2
+    real_log = T.MetricLogger.log
+
+    def log_then_die(self, step, values):
+        real_log(self, step, values)
+        if step == k + 1:
+            raise Killed
+
+    monkeypatch.setattr(T.MetricLogger, "log", log_then_die)
+    with pytest.raises(Killed):
+        T.train(T.load_config(CONFIG, overrides(synth, part, **extra)))
+    monkeypatch.setattr(T.MetricLogger, "log", real_log)
+    assert [r["step"] for r in _rows(part)] == [2, 4]  # step 4 is after the checkpoint: it will be logged again
+    assert (part / "checkpoints" / "latest").read_text().strip() == f"step_{k:08d}"
     # a crash during a later save leaves a temp folder behind; resuming must ignore it
-    (part / "checkpoints" / ".tmp-step_00000003").mkdir()
-    T.train(T.load_config(CONFIG, overrides(synth, part, max_steps=4, resume="auto", **extra)))
+    (part / "checkpoints" / f".tmp-step_{k + 2:08d}").mkdir()
+    T.train(T.load_config(CONFIG, overrides(synth, part, resume="auto", **extra)))
+
+    straight, resumed = _rows(full), _rows(part)
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [2, 4, 6]
+    for key in ("loss", "lr", "grad_norm"):
+        assert [r[key] for r in resumed] == [r[key] for r in straight], key
+    last = f"step_{n:08d}"
     for name in ("model.safetensors", "ema.safetensors"):
-        a = load_file(str(full / "checkpoints" / "step_00000004" / name))
-        b = load_file(str(part / "checkpoints" / "step_00000004" / name))
+        a = load_file(str(full / "checkpoints" / last / name))
+        b = load_file(str(part / "checkpoints" / last / name))
         assert set(a) == set(b)
-        diff = [k for k in a if not torch.equal(a[k], b[k])]
+        diff = [key for key in a if not torch.equal(a[key], b[key])]
         assert not diff, f"{name}: {len(diff)} tensors differ after resume, e.g. {diff[:3]}"
-    la = (full / "metrics.jsonl").read_text().splitlines()
-    lb = (part / "metrics.jsonl").read_text().splitlines()
-    loss = lambda line: __import__("json").loads(line)["loss"]  # noqa: E731
-    assert [loss(x) for x in la] == [loss(x) for x in lb]
+    a, b = (dict(_tensors(torch.load(run / "checkpoints" / last / "trainer.pt", weights_only=True)["optimizer"]))
+            for run in (full, part))
+    assert set(a) == set(b) and a
+    assert all(torch.equal(a[key], b[key]) for key in a), "optimizer state differs after resume"
+
+
+def test_truncate_metrics_keeps_the_checkpointed_rows(tmp_path):
+    rows = [{"step": s, "loss": s / 10} for s in (1, 2, 3, 4, 5)] + [{"step": 4, "loss": 0.44}, {"note": "x"}]
+    path = tmp_path / "metrics.jsonl"
+    text = [json.dumps(r) for r in rows]
+    path.write_text("\n".join(text) + '\n{"step": 6, "lo')  # a half-written last row
+    assert T.truncate_metrics(path, 4) == 3  # step 5, the half row, and the step-4 row the later one supersedes
+    assert path.read_text().splitlines() == [text[0], text[1], text[2], text[5], text[6]]
+    before = path.read_text()
+    assert T.truncate_metrics(path, 4) == 0 and path.read_text() == before
+    assert T.truncate_metrics(tmp_path / "none.jsonl", 4) == 0
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint(synth, tmp_path):
@@ -311,31 +452,59 @@ def test_bundled_model_is_small_fp16_and_self_describing():
 
 
 CAMERA_KEYS = {"variant", "pose_encoder", "epipolar", "pose_dim", "rand_cond_frame"}
+EXPERIMENTS = ROOT / "training" / "experiments"
 
 
-@pytest.mark.parametrize("stage, variants", [
-    ("compare2", ("cami2v", "cameractrl", "motionctrl", "dynamicrafter")),
-    ("compare3", ("cami2v", "dynamicrafter")),
-    ("compare4", ("cami2v", "dynamicrafter"))])
-def test_variant_comparison_configs_differ_only_in_the_camera(stage, variants):
-    # The README's comparison table is fair only if every row had the same data, budget, optimiser and VAE.
-    from omegaconf import OmegaConf
-    cfgs = {v: OmegaConf.to_container(T.load_config(ROOT / "training" / "configs" / f"{stage}_{v}.yaml"))
-            for v in variants}
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not (prefix == "model.overrides." and k in CAMERA_KEYS):
+            out |= _flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.add(prefix + k)
+    return out
 
-    def shared(c, v):
-        c = dict(c, model=dict(c["model"]), train=dict(c["train"]))
-        c["model"]["overrides"] = {k: x for k, x in c["model"]["overrides"].items() if k not in CAMERA_KEYS}
-        if c["model"]["init"]:  # later stages start from the same stage's earlier run of this variant
-            c["model"]["init"] = c["model"]["init"].replace(f"_{v}/", "_VARIANT/")
-        c["train"]["output_dir"] = c["train"]["output_dir"].replace(f"_{v}", "_VARIANT")
-        return c
 
-    first = shared(cfgs[variants[0]], variants[0])
-    for v in variants:
-        assert shared(cfgs[v], v) == first, v
-        assert cfgs[v]["train"]["output_dir"] == f"runs/{stage}_{v}"
-        assert cfgs[v]["model"]["overrides"].get("variant", "cami2v") == v
+@pytest.mark.parametrize("overlay", sorted(p for p in EXPERIMENTS.glob("*/*.yaml") if p.name not in
+                                           ("base.yaml", "pretrain.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_experiment_variants_differ_from_their_base_only_in_the_camera(overlay):
+    """The comparison tables are fair only if every row had the same data, budget, optimiser and VAE: each variant
+    is an overlay of its experiment's base that may set only camera conditioning, its output folder and (for a
+    stage that continues an earlier one) the run it starts from."""
+    import yaml
+
+    raw = yaml.safe_load(overlay.read_text())
+    assert raw.pop("extends") == "base.yaml"
+    allowed = {f"model.overrides.{k}" for k in CAMERA_KEYS} | {"train.output_dir", "model.init"}
+    assert _flat_keys(raw) <= allowed, _flat_keys(raw) - allowed
+    stage, variant = overlay.parent.name, overlay.stem
+    cfg = T.load_config(overlay)
+    assert cfg.train.output_dir == f"runs/{stage}_{variant}"
+    assert cfg.model.overrides.get("variant", "cami2v") == variant
+    if "model" in raw and "init" in raw["model"]:
+        assert f"_{variant}/" in raw["model"]["init"]  # continues this variant's own earlier run
+
+
+def test_no_experiment_config_sits_among_the_product_recipes():
+    assert not list((ROOT / "training" / "configs").glob("compare*.yaml"))
+    for path in (ROOT / "training" / "configs").glob("*.yaml"):
+        T.load_config(path)  # every product recipe passes the schema
+
+
+def test_config_schema_rejects_unknown_keys_with_the_closest_known_one(tmp_path):
+    with pytest.raises(T.TrainConfigError, match="'train.max_step'.*did you mean 'train.max_steps'"):
+        T.load_config(ROOT / "training" / "configs" / "tiny_synthetic.yaml", ["train.max_step=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: " + str(ROOT / "training" / "configs" / "tiny_synthetic.yaml") + "\n"
+                   "data:\n  roots: runs/x\n")
+    with pytest.raises(T.TrainConfigError, match=r"sets 'data.roots'.*did you mean 'data.root'"):
+        T.load_config(bad)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(T.TrainConfigError, match="extends itself"):
+        T.load_config(loop)
+    cfg = T.load_config(ROOT / "training" / "configs" / "tiny_synthetic.yaml", ["model.overrides.unet.dropout=0.1"])
+    assert cfg.model.overrides.unet.dropout == 0.1  # model.overrides stays free-form (ModelConfig checks it)
 
 
 # -- the paper's ablation table (Table 3): six variants ------------------------------------------------------------

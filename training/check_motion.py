@@ -74,14 +74,14 @@ def trajectory(family: str, frames: int, ratio: float | None = None) -> np.ndarr
 
 def test_images(data: str | None, n: int, extra: list[str]) -> list[tuple[str, np.ndarray]]:
     """First frames of test-split clips (unseen scenes) plus any given pictures, as uint8 [H,W,3]."""
-    from PIL import Image
+    from cami2v_core.video_io import load_rgb
 
     out = []
     if data:
         for folder in sorted((Path(data) / "video_clips" / "test").glob("*/*"))[:n]:
-            out.append((folder.name, np.asarray(Image.open(sorted(folder.glob("*.png"))[0]).convert("RGB"))))
+            out.append((folder.name, load_rgb(sorted(folder.glob("*.png"))[0])))
     for p in extra:
-        out.append((Path(p).name, np.asarray(Image.open(p).convert("RGB"))))
+        out.append((Path(p).name, load_rgb(p)))
     return out
 
 

@@ -26,11 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cami2v_core.camera import normalized_to_pixel_intrinsics
 from cami2v_core.errors import CamI2VError
+from cami2v_core.video_io import MediaError, load_rgb
+from trajectories import TrajectoryError
+from trajectories.formats import realestate10k_rows
 
 log = logging.getLogger("training.data")
 
-POSE_COLUMNS = 19  # timestamp fx fy cx cy k1 k2 + 3x4 w2c (spec §6.4)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -51,23 +54,10 @@ class ClipMeta:
 
 def parse_pose_lines(lines: list[str], source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RealEstate10K pose lines (spec §6.4) -> (timestamps_us [N], intrinsics [N,4], w2c [N,4,4])."""
-    rows = []
-    for n, line in enumerate(lines):
-        parts = line.split()
-        if not parts or parts[0].startswith("http"):
-            continue
-        if len(parts) != POSE_COLUMNS:
-            raise ClipError(f"{source}: pose line {n + 1} has {len(parts)} numbers, expected {POSE_COLUMNS} "
-                            "(timestamp fx fy cx cy k1 k2 and a row-major 3x4 world-to-camera matrix)")
-        try:
-            rows.append([float(p) for p in parts])
-        except ValueError as e:
-            raise ClipError(f"{source}: pose line {n + 1} is not numeric: {e}") from e
-    if not rows:
-        raise ClipError(f"{source}: no pose lines")
-    a = np.asarray(rows, np.float64)
-    if not np.isfinite(a).all():
-        raise ClipError(f"{source}: pose lines contain nan or inf")
+    try:
+        a = realestate10k_rows("\n".join(lines))
+    except TrajectoryError as e:
+        raise ClipError(f"{source}: {e}") from e
     w2c = np.tile(np.eye(4), (len(a), 1, 1))
     w2c[:, :3, :4] = a[:, 7:].reshape(-1, 3, 4)
     return a[:, 0].astype(np.int64), a[:, 1:5], w2c
@@ -100,16 +90,9 @@ def resize_cover_crop(frames: torch.Tensor, height: int, width: int) -> tuple[to
 
 
 def pixel_intrinsics(intrinsics: np.ndarray, resized_hw: tuple[int, int], crop_hw: tuple[int, int]) -> torch.Tensor:
-    """Normalised fx, fy, cx, cy [T,4] -> K [T,3,3] in crop pixels (spec §6.1, training rule)."""
-    rh, rw = resized_hw
-    h, w = crop_hw
-    K = torch.zeros(len(intrinsics), 3, 3, dtype=torch.float32)
-    K[:, 0, 0] = torch.as_tensor(intrinsics[:, 0] * rw)
-    K[:, 1, 1] = torch.as_tensor(intrinsics[:, 1] * rh)
-    K[:, 0, 2] = torch.as_tensor(intrinsics[:, 2] * w)
-    K[:, 1, 2] = torch.as_tensor(intrinsics[:, 3] * h)
-    K[:, 2, 2] = 1.0
-    return K
+    """Normalised fx, fy, cx, cy [T,4] -> K [T,3,3] in crop pixels (spec §6.1, training rule; the demo's too)."""
+    (rh, rw), (h, w) = resized_hw, crop_hw
+    return normalized_to_pixel_intrinsics(torch.as_tensor(np.asarray(intrinsics)), h, w, rh, rw).float()
 
 
 def choose_frames(n_frames: int, video_length: int, stride_range: tuple[int, int],
@@ -131,13 +114,11 @@ def read_frames(clip_path: Path, indices: np.ndarray) -> tuple[torch.Tensor, flo
         files = sorted(p for p in clip_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) <= int(indices.max()):
             raise ClipError(f"{clip_path}: {len(files)} frames, need index {int(indices.max())}")
-        from PIL import Image
         out = []
         for i in indices:
             try:
-                with Image.open(files[int(i)]) as im:
-                    out.append(np.asarray(im.convert("RGB")))
-            except OSError as e:
+                out.append(load_rgb(files[int(i)]))
+            except MediaError as e:
                 raise ClipError(f"{files[int(i)]}: unreadable frame: {e}") from e
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2), None
     return _read_video(clip_path, indices)

@@ -34,6 +34,7 @@ from .camera_paths import FAMILIES, CameraPathError, sample_intrinsics, sample_p
 from .render import render_views
 from .synthetic import GENERATOR_VERSION, scene_from_rng
 from cami2v_core.errors import CamI2VError
+from cami2v_core.files import atomic_write, write_text_atomic
 
 __all__ = ["BENCHMARK_STREAM_KEY", "TRANSLATING_FAMILIES", "EvalError", "BenchmarkClip", "benchmark_scene",
            "benchmark_clips", "resolve_checkpoint", "evaluate_frames", "summarize", "run", "main"]
@@ -475,7 +476,8 @@ def _save_strip(folder: Path, clip: BenchmarkClip, sample: int, video: np.ndarra
 
     folder.mkdir(parents=True, exist_ok=True)
     strip = np.concatenate([np.concatenate(list(clip.frames), 1), np.concatenate(list(video), 1)], 0)
-    Image.fromarray(strip).save(folder / f"{clip.index:03d}_{clip.family}_{sample}.png")
+    with atomic_write(folder / f"{clip.index:03d}_{clip.family}_{sample}.png") as f:
+        Image.fromarray(strip).save(f, format="PNG")
 
 
 def markdown_table(report: dict) -> str:
@@ -581,9 +583,7 @@ def main(argv=None) -> int:
         return 2
     text = json.dumps(report, indent=1)
     if args.json:
-        tmp = Path(args.json).with_suffix(".json.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, text + "\n")
     print(markdown_table(report))
     return 0
 

@@ -9,7 +9,7 @@
 The first form's file loads with `cami2v_core.load_model` (no preset needed: the `cami2v_config` header entry says what to
 build) and is what `python -m cami2v_core generate` and the ComfyUI loader use by default when it is the bundled
 model. The second copies out only the VAE (with its `latent_std`), the `init_parts` / `scale_factor_from` file of
-a training config (training/configs/compare_*.yaml), so new models can be trained on the same latent space.
+a training config (training/experiments/compare/*.yaml), so new models can be trained on the same latent space.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cami2v_core.files import atomic_write, write_text_atomic
 from training.data import ClipError, parse_pose_lines
 
 log = logging.getLogger("training.preprocess")
@@ -106,9 +107,8 @@ def write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> None:
     import av
     from fractions import Fraction
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
     h, w = frames[0].shape[:2]
-    with av.open(str(tmp), mode="w") as out:
+    with atomic_write(path) as f, av.open(f, mode="w", format="mp4") as out:
         s = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         s.width, s.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
         s.pix_fmt = "yuv420p"
@@ -119,7 +119,6 @@ def write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> None:
                 out.mux(packet)
         for packet in s.encode():
             out.mux(packet)
-    os.replace(tmp, path)
 
 
 def write_pngs(frames: list[np.ndarray], folder: Path) -> None:
@@ -134,12 +133,6 @@ def write_pngs(frames: list[np.ndarray], folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def process_clip(pose_file: Path, videos: Path, out: Path, split: str, fmt: str, caption: str,
@@ -170,7 +163,7 @@ def process_clip(pose_file: Path, videos: Path, out: Path, split: str, fmt: str,
             write_pngs(frames, target)
         pose_lines = [ln for ln in lines[1:] if ln.strip()]
         meta_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_text(meta_path, "\n".join([url, f"{vid}/{clip}", caption, *pose_lines]) + "\n")
+        write_text_atomic(meta_path, "\n".join([url, f"{vid}/{clip}", caption, *pose_lines]) + "\n")
         return "done"
     except ClipError as e:
         return f"failed: {e}"
@@ -186,8 +179,8 @@ def write_indices(out: Path, split: str) -> int:
             continue
         clips.append(p.stem)
         video2clip.setdefault(lines[1].split("/")[0], []).append(p.stem)
-    _atomic_text(out / f"{split}_valid_list.txt", "".join(c + "\n" for c in clips))
-    _atomic_text(out / f"{split}_video2clip.json", json.dumps(video2clip, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out / f"{split}_valid_list.txt", "".join(c + "\n" for c in clips))
+    write_text_atomic(out / f"{split}_video2clip.json", json.dumps(video2clip, indent=1, sort_keys=True) + "\n")
     return len(clips)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cami2v_core.errors import CamI2VError
+from cami2v_core.files import write_text_atomic
 
 SCENE_FORMAT_VERSION = 1
 PATTERNS = ("flat", "noise", "checker", "brick", "blobs", "stripes")
@@ -191,10 +192,7 @@ def _check_shape(shape: Shape, k: int) -> None:
 
 def save_scene(scene: Scene, path: str | os.PathLike) -> None:
     """Write a scene as JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(scene_to_dict(scene), indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(scene_to_dict(scene), indent=1) + "\n")
 
 
 def load_scene(path: str | os.PathLike) -> Scene:

@@ -38,6 +38,7 @@ import numpy as np
 from .camera_paths import FAMILIES, sample_intrinsics, sample_path
 from .render import DirectionalLight, Material, PointLight, Scene, Shape, load_scene, render_views, save_scene
 from cami2v_core.errors import CamI2VError
+from cami2v_core.files import write_text_atomic
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "Settings", "SyntheticDataError", "make_scene", "make_clip",
            "pose_lines", "generate", "scene_for_clip", "scene_from_rng", "render_views", "main"]
@@ -276,12 +277,6 @@ def scene_for_clip(out, clip: str):
     return load_scene(Path(out) / "scenes" / split / f"{clip.rsplit('_', 1)[0]}.json")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _frames_complete(out: Path, settings: Settings, split: str, scene: str, clip: str) -> bool:
     if settings.video_format == "mp4":
         return (out / "video_clips" / split / scene / f"{clip}.mp4").is_file()
@@ -343,8 +338,8 @@ def _render_scene(task) -> tuple[str, int, int, int]:
                               settings.supersample)
         _write_frames(out, settings, split, name, clip, frames)
         url = f"{_URL_PREFIX}/{split}/{name}/{clip}?family={family}&seed={settings.seed}"
-        _write_text_atomic(out / "pose_files" / split / f"{clip}.txt", "\n".join([url] + lines) + "\n")
-        _write_text_atomic(out / "valid_metadata" / split / f"{clip}.txt",
+        write_text_atomic(out / "pose_files" / split / f"{clip}.txt", "\n".join([url] + lines) + "\n")
+        write_text_atomic(out / "valid_metadata" / split / f"{clip}.txt",
                            "\n".join([url, f"{name}/{clip}", scene.caption] + lines) + "\n")
     return split, index, len(todo), settings.clips_per_scene - len(todo)
 
@@ -359,9 +354,9 @@ def _write_indices(out: Path, split: str) -> dict:
         clips.append(clip)
         captions[f"{clip}.mp4"] = [caption]
         video2clip.setdefault(scene, []).append(clip)
-    _write_text_atomic(out / f"{split}_valid_list.txt", "".join(f"{c}\n" for c in clips))
-    _write_text_atomic(out / f"{split}_captions.json", json.dumps(captions, indent=1) + "\n")
-    _write_text_atomic(out / f"{split}_video2clip.json", json.dumps(video2clip, indent=1) + "\n")
+    write_text_atomic(out / f"{split}_valid_list.txt", "".join(f"{c}\n" for c in clips))
+    write_text_atomic(out / f"{split}_captions.json", json.dumps(captions, indent=1) + "\n")
+    write_text_atomic(out / f"{split}_video2clip.json", json.dumps(video2clip, indent=1) + "\n")
     return {"scenes": len(video2clip), "clips": len(clips)}
 
 
@@ -406,7 +401,7 @@ def generate(out, scenes: int, seed: int, frames: int = 16, height: int = 256, w
         for sub in ("pose_files", "valid_metadata", "video_clips", "scenes"):
             (out / sub / s).mkdir(parents=True, exist_ok=True)
     # Written before any clip, so an interrupted run can only be resumed with the same settings.
-    _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
     tasks = [(str(out), settings, s, i) for s in splits for i in range(scenes)]
     rendered = skipped = 0
@@ -429,7 +424,7 @@ def generate(out, scenes: int, seed: int, frames: int = 16, height: int = 256, w
     for s in splits:
         manifest["splits"][s] = {**_write_indices(out, s), "frames_per_clip": settings.frames}
     # Nothing about this particular run goes into the manifest, so a run that had nothing to do changes no file.
-    _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return {"manifest": manifest, "clips_rendered": rendered, "clips_skipped": skipped}
 
 

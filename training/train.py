@@ -3,7 +3,7 @@
 Runbook:
 
     # one process (CPU or one GPU)
-    python -m training.train --config training/configs/tiny_synthetic.yaml max_steps=200 output_dir=runs/tiny
+    python -m training.train --config training/configs/tiny_synthetic.yaml max_steps=100 output_dir=runs/tiny
     # one node, 8 GPUs (PyTorch DDP; add train.distributed=fsdp to shard large models)
     torchrun --standalone --nproc_per_node 8 -m training.train --config training/configs/cami2v_256.yaml
     # two nodes: run on each, with the first node's address
@@ -22,13 +22,20 @@ read it directly; `ema.safetensors` the EMA weights (optional); `trainer.pt` the
 and EMA state; `rng_rank<r>.pt` each rank's RNG states. `checkpoints/latest` names the newest one.
 
 Every random draw of a training step (data sample, conditioning frame, dropout, timestep, noise, UNet dropout) is
-seeded from (seed, rank, step), so a resumed run repeats exactly the steps an uninterrupted one would have taken.
+seeded from (seed, rank, step), so a resumed run repeats exactly the steps an uninterrupted one would have taken
+(bit for bit on CPU; training/README.md says what else that needs). On resume `metrics.jsonl` keeps only the rows
+up to the checkpoint's step.
+
+On a fresh clone the first command above renders `runs/synth64` (the synthetic data set) and, since stage 1's
+`runs/vae/vae.safetensors` is missing, trains on the bundled model's VAE (exported to runs/vae_bundled/); see
+supply_vae and supply_data.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -51,6 +58,7 @@ from cami2v_core.checkpoint import CONFIG_METADATA_KEY, load_state_dict, save_sa
 from cami2v_core.configs import ModelConfig, resolve_config
 from cami2v_core.model import CamI2VModel, build_model
 from cami2v_core.errors import CamI2VError
+from cami2v_core.modules.vae import posterior_sample
 
 log = logging.getLogger("training.train")
 
@@ -120,26 +128,71 @@ class TrainConfigError(CamI2VError, ValueError):
 # -- configuration ------------------------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> DictConfig:
-    """DEFAULTS <- YAML file <- dot-list overrides (`max_steps=` etc. mean `train.max_steps=`)."""
+    """DEFAULTS <- YAML file (after the files it `extends`) <- dot-list overrides (`max_steps=` means
+    `train.max_steps=`). A key DEFAULTS does not know is an error naming the closest known key (a misspelled key
+    would otherwise train with the default silently); only `model.overrides` is free-form (ModelConfig checks it)."""
     cfg = OmegaConf.create(DEFAULTS)
+    OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.model.overrides, False)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise TrainConfigError(f"training config {path} does not exist; see training/configs/ for examples")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        cfg = _merge_known(cfg, read_config_file(path), str(path))
     fixed = []
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item:
             raise TrainConfigError(f"override {item!r} is not key=value (e.g. max_steps=100 or train.lr=1e-5)")
         fixed.append(f"train.{item}" if key in SHORTCUTS else item)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(fixed))
+    cfg = _merge_known(cfg, OmegaConf.from_dotlist(fixed), "the command line")
+    OmegaConf.set_struct(cfg, False)
     _check_choice("train.precision", cfg.train.precision, PRECISIONS)
     _check_choice("train.distributed", cfg.train.distributed, DISTRIBUTED)
     _check_choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
     if isinstance(cfg.train.trainable, str):
         _check_choice("train.trainable", cfg.train.trainable, TRAINABLE_PRESETS)
     return cfg
+
+
+def read_config_file(path: Path, _seen: tuple = ()) -> DictConfig:
+    """One training YAML with the files it extends merged under it (`extends: base.yaml`, relative to the file),
+    so an experiment's variants are small overlays of one base and differ only where they say."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise TrainConfigError(f"{path} extends itself (through {' -> '.join(p.name for p in _seen)})")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors become one line naming the file
+        raise TrainConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, DictConfig):
+        raise TrainConfigError(f"{path} must hold a mapping (model:, data:, train:), not a {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base_path = path.parent / str(parent)
+    if not base_path.is_file():
+        raise TrainConfigError(f"{path} extends {parent}, which does not exist (looked for {base_path})")
+    return OmegaConf.merge(read_config_file(base_path, _seen + (path,)), raw)
+
+
+def _merge_known(cfg: DictConfig, extra, source: str) -> DictConfig:
+    """cfg <- extra, refusing keys that are not in the schema (DEFAULTS) with the closest known key."""
+    import difflib
+
+    from omegaconf.errors import ConfigKeyError
+
+    try:
+        return OmegaConf.merge(cfg, extra)
+    except ConfigKeyError as e:
+        key = str(getattr(e, "full_key", "") or "").strip() or str(e).split("\n")[0]
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(cfg, parent) if parent else cfg
+        known = list(section.keys()) if isinstance(section, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else \
+            f"; known keys there: {', '.join(known)}"
+        raise TrainConfigError(f"{source} sets {key!r}, which training configs do not have{hint}") from None
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -247,6 +300,132 @@ def initialise(model: CamI2VModel, init: str | None, parts: list[str]) -> None:
                         p[:, :p.shape[0]].copy_(torch.eye(p.shape[0], dtype=p.dtype))
 
 
+# -- a fresh clone's first run ------------------------------------------------------------------------------------
+
+# VAE files that the shipped synthetic configs name: stage 1's output (tiny_synthetic.yaml) and the bundled model's
+# VAE copied out (training/experiments/compare/). Where one is missing and the model's VAE has the bundled model's architecture,
+# the bundled model's VAE is written to BUNDLED_VAE and used instead, so the first command of training/README.md
+# runs on a fresh clone. Any other missing VAE file is an error that names the command making it.
+SHIPPED_VAE_FILES = ("runs/vae/vae.safetensors", "runs/vae_bundled/vae.safetensors")
+BUNDLED_VAE = "runs/vae_bundled/vae.safetensors"
+# The shipped configs' synthetic data set and training/README.md's settings for it (step 1 of the bundled model);
+# rendered with exactly these when it is missing, so the README's own command later finds it complete.
+SYNTHETIC_ROOT = "runs/synth64"
+SYNTHETIC_SETTINGS = {"scenes": 300, "seed": 0, "frames": 16, "height": 64, "width": 64, "split": "train"}
+
+
+def _same_path(a, b) -> bool:
+    return os.path.normpath(str(a)) == os.path.normpath(str(b))
+
+
+def synthetic_command(root, settings: dict = SYNTHETIC_SETTINGS) -> str:
+    """The `python -m training.synthetic` command that renders `settings` into `root`."""
+    s = settings
+    return (f"python -m training.synthetic --out {root} --scenes {s['scenes']} --seed {s['seed']} "
+            f"--frames {s['frames']} --size {s['height']} {s['width']} --split {s['split']}")
+
+
+def _data_missing(d) -> bool:
+    """True when data.root has no clip list for data.split (nothing there, or an interrupted render)."""
+    return bool(d.root) and not (Path(str(d.root)) / f"{d.split}_valid_list.txt").is_file()
+
+
+def _renders_synthetic(d) -> bool:
+    """True when the missing data set is the shipped configs' synthetic one, which train() renders itself."""
+    root = Path(str(d.root))
+    return (_same_path(root, SYNTHETIC_ROOT) and d.split == SYNTHETIC_SETTINGS["split"]
+            and (not root.exists() or (root / "manifest.json").is_file()))
+
+
+def _bundled_vae_fits(section) -> bool:
+    """True when the bundled model exists and its VAE has the architecture of this config's model."""
+    from cami2v_core.bundled import bundled_model_path
+    from cami2v_core.checkpoint import read_safetensors_header
+    bundled = bundled_model_path()
+    if bundled is None:
+        return False
+    theirs = json.loads(read_safetensors_header(bundled)[1][CONFIG_METADATA_KEY])["first_stage"]
+    ours = model_config_from_section(OmegaConf.merge(section, {"scale_factor_from": None})).first_stage
+    return json.loads(json.dumps(ours)) == theirs  # tuples -> lists, as in the header
+
+
+def supply_vae(cfg: DictConfig, rank: int, world: int, config_path: str | None = None) -> DictConfig:
+    """`cfg` with a missing shipped VAE file replaced by the bundled model's VAE, or a TrainConfigError naming
+    the command that trains the missing file."""
+    m = cfg.model
+    refs = [("init_parts", str(p)) for p in (m.init_parts or [])]
+    if m.scale_factor_from:
+        refs.append(("scale_factor_from", str(m.scale_factor_from)))
+    missing = {p for _, p in refs if not Path(p).is_file()}
+    if not missing:
+        return cfg
+    if not all(any(_same_path(p, f) for f in SHIPPED_VAE_FILES) for p in missing) or not _bundled_vae_fits(m):
+        key, path = next((k, p) for k, p in refs if p in missing)
+        data = cfg.data.root or "DATA"
+        first = (f"render the data with `{synthetic_command(data)}`, then "
+                 if cfg.data.root and _data_missing(cfg.data) and _renders_synthetic(cfg.data) else "")
+        raise TrainConfigError(
+            f"the VAE file {path} (model.{key}) does not exist: {first}train it with `python -m training.train_vae "
+            f"--data {data} --model {config_path or m.preset} --out {path}` (options: training/README.md), or start "
+            "from a random VAE with model.init_parts=[] model.scale_factor_from=null")
+    if rank == 0 and not Path(BUNDLED_VAE).is_file():
+        from cami2v_core.bundled import BUNDLED_MODEL
+        from training.export import export_vae
+        export_vae(BUNDLED_MODEL, Path(BUNDLED_VAE), "fp32")  # the same tensors and latent_std as the bundled model
+    barrier(world)
+    if rank == 0:
+        log.info("%s does not exist: using the bundled model's VAE, %s (train your own with `python -m "
+                 "training.train_vae`, training/README.md)", " and ".join(sorted(missing)), BUNDLED_VAE)
+    cfg = copy.deepcopy(cfg)
+    cfg.model.init_parts = [BUNDLED_VAE if str(p) in missing else str(p) for p in (m.init_parts or [])]
+    if m.scale_factor_from and str(m.scale_factor_from) in missing:
+        cfg.model.scale_factor_from = BUNDLED_VAE
+    return cfg
+
+
+def supply_data(cfg: DictConfig, model_cfg: ModelConfig, rank: int, world: int) -> None:
+    """Render the shipped synthetic data set when it is missing; any other missing data.root is a
+    TrainConfigError naming the command that makes it."""
+    d = cfg.data
+    if not _data_missing(d):
+        return
+    root = Path(str(d.root))
+    if not _renders_synthetic(d):
+        if root.exists():
+            return  # a folder of clips without a list file: the loader reads valid_metadata/ itself
+        h, w = (d.resolution or model_cfg.resolution)
+        settings = dict(SYNTHETIC_SETTINGS, frames=max(16, int(d.video_length or model_cfg.temporal_length)),
+                        height=h, width=w, split=d.split)
+        raise TrainConfigError(f"data.root {root} does not exist: render a synthetic data set with "
+                               f"`{synthetic_command(root, settings)}`, or convert RealEstate10K with `python -m "
+                               f"training.preprocess --out {root} --split {d.split} ...` (training/README.md)")
+    if rank == 0:
+        _render_synthetic(root)
+    barrier(world)
+
+
+def _render_synthetic(root: Path) -> None:
+    """Render SYNTHETIC_SETTINGS into root with one progress line on stderr."""
+    from training.synthetic import generate
+    s = SYNTHETIC_SETTINGS
+    log.info("%s has no training clips: rendering them first (`%s`; 300 scenes take a few minutes on 2 CPU "
+             "cores, and an interrupted render continues where it stopped)", root, synthetic_command(root))
+    tty = sys.stderr.isatty()
+    done = 0
+
+    def progress(_line: str) -> None:
+        nonlocal done
+        done += 1
+        if tty:
+            print(f"\rrendering {root}: {done}/{s['scenes']} scenes", end="\n" if done == s["scenes"] else "",
+                  file=sys.stderr, flush=True)
+        elif done == s["scenes"] or done % max(1, s["scenes"] // 10) == 0:
+            print(f"rendering {root}: {done}/{s['scenes']} scenes", file=sys.stderr, flush=True)
+
+    generate(root, s["scenes"], s["seed"], s["frames"], s["height"], s["width"], split=s["split"],
+             workers=max(1, min(4, os.cpu_count() or 1, s["scenes"])), log=progress)
+
+
 # -- the loss -----------------------------------------------------------------------------------------------------
 
 class DiffusionObjective(nn.Module):
@@ -274,13 +453,17 @@ class DiffusionObjective(nn.Module):
         vae = self.net.first_stage_model
         if self.latent_cache is None or "frame_indices" not in batch:
             return vae.encode(frames.to(self.net.dtype))
-        t_len = batch["frame_indices"].shape[1]
         keys = [(cid, int(i)) for cid, row in zip(batch["clip_id"], batch["frame_indices"].tolist()) for i in row]
-        missing = [n for n, k in enumerate(keys) if k not in self.latent_cache]
-        if missing:
-            mean, logvar = vae.encode(frames[missing].to(self.net.dtype))
-            for n, m, lv in zip(missing, mean, logvar):
-                self.latent_cache[keys[n]] = (m.detach(), lv.detach())
+        first = {}
+        for n, k in enumerate(keys):
+            if k not in self.latent_cache:
+                first.setdefault(k, n)
+        # One frame per encoder call: a convolution's last bits depend on the batch it runs in (oneDNN blocks by
+        # batch size), so frames encoded together with whatever else happened to be missing would make the cache,
+        # and every later step, depend on the run's history, and a resumed run (empty cache) would drift by ~1e-7.
+        for k, n in first.items():
+            mean, logvar = vae.encode(frames[n:n + 1].to(self.net.dtype))
+            self.latent_cache[k] = (mean[0].detach(), logvar[0].detach())
         mean = torch.stack([self.latent_cache[k][0] for k in keys])
         logvar = torch.stack([self.latent_cache[k][1] for k in keys])
         return mean, logvar
@@ -290,10 +473,9 @@ class DiffusionObjective(nn.Module):
         if self.text_cache is None:
             return self.net.encode_text(captions)
         missing = list(dict.fromkeys(c for c in captions if c not in self.text_cache))
-        if missing:
-            with torch.no_grad():
-                for c, e in zip(missing, self.net.encode_text(missing)):
-                    self.text_cache[c] = e.detach()
+        with torch.no_grad():
+            for c in missing:  # one caption per call, for the same reason as the frames in _moments
+                self.text_cache[c] = self.net.encode_text([c])[0].detach()
         return torch.stack([self.text_cache[c] for c in captions])
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -315,7 +497,7 @@ class DiffusionObjective(nn.Module):
                                       width // cfg.vae_downsample), generator=generator)
             # VAE frozen (spec §8); posterior sample mean + std * noise, scaled (spec §3.4)
             mean, logvar = self._moments(batch, frames)
-            z = net.scale_factor * (mean + torch.exp(0.5 * logvar) * post_noise.to(mean.device, mean.dtype))
+            z = net.scale_factor * posterior_sample(mean, logvar, post_noise)
             z = rearrange(z, "(b t) c h w -> b c t h w", b=b).float()
             # Condition dropout (spec §8): r < p text; p <= r < 2p text+image; 2p <= r < 3p image.
             r = draw(b)
@@ -449,8 +631,8 @@ class Checkpointer:
         self.rank, self.world, self.keep_last, self.save_dtype = rank, world, keep_last, save_dtype
 
     def save(self, step: int, model: CamI2VModel, trainer_state: dict, ema: dict | None,
-             full_state: dict | None = None) -> Path:
-        """Write checkpoints/step_<step>/ atomically; every rank contributes its RNG file."""
+             full_state: dict | None = None, rank_state: dict | None = None) -> Path:
+        """Write checkpoints/step_<step>/ atomically; every rank contributes its RNG file (+ `rank_state`)."""
         name = f"step_{step:08d}"
         final = self.dir / name
         tmp = self.dir / f".tmp-{name}"
@@ -460,7 +642,7 @@ class Checkpointer:
                 shutil.rmtree(tmp)  # a leftover of a crash during an earlier save of this step
             tmp.mkdir()
         barrier(self.world)
-        _atomic_torch_save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        _atomic_torch_save(dict(rng_state(), **(rank_state or {})), tmp / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
             sd = full_state if full_state is not None else export_state_dict(model, None)
             meta = {CONFIG_METADATA_KEY: model.config.to_json(), "format": "cami2v-training",
@@ -492,13 +674,14 @@ class Checkpointer:
         for old in done[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load_rng(self, path: Path) -> bool:
-        """Restore this rank's RNG states if the checkpoint has them (same world size)."""
+    def load_rng(self, path: Path) -> dict | None:
+        """Restore this rank's RNG states if the checkpoint has them (same world size); returns the rank's file."""
         f = path / f"rng_rank{self.rank}.pt"
         if not f.is_file():
-            return False
-        set_rng_state(torch.load(f, map_location="cpu", weights_only=True))
-        return True
+            return None
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        set_rng_state(state)
+        return state
 
 
 def _cast_sd(sd: dict, dtype: torch.dtype | None) -> dict:
@@ -512,7 +695,7 @@ def _cast_sd(sd: dict, dtype: torch.dtype | None) -> dict:
 class MetricLogger:
     """Rank-0 metrics: metrics.jsonl always, TensorBoard when installed and enabled."""
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, resumed_at: int | None = None):
         self.enabled = enabled
         self.file = None
         self.tb = None
@@ -522,7 +705,9 @@ class MetricLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+                # purge_step drops the events a killed run wrote after the checkpoint it is resumed from
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"),
+                                        purge_step=None if resumed_at is None else resumed_at + 1)
             except ImportError:
                 log.info("tensorboard is not installed; metrics go to metrics.jsonl only")
 
@@ -541,6 +726,34 @@ class MetricLogger:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Rewrite metrics.jsonl (atomically) with only the rows of steps <= `step`; returns the rows dropped.
+
+    A run killed after its last checkpoint logged steps that the resumed run logs again. Where a step appears
+    twice (a file written before this rule), the later row is the one of the run that reached the checkpoint.
+    A line that is not JSON can only be a row half-written when the process died, after the checkpoint.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    rows: dict = {}  # step (or line number for rows without one) -> line, in file order of the kept row
+    for n, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        at = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(at, (int, float)):
+            rows[("line", n)] = line
+        elif at <= step:
+            rows.pop(at, None)
+            rows[at] = line
+    if len(rows) == len(lines):
+        return 0
+    _atomic_write_text(path, "".join(line + "\n" for line in rows.values()))
+    return len(lines) - len(rows)
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -567,24 +780,33 @@ def build_dataset(cfg: DictConfig, model_cfg: ModelConfig):
     if not d.root:
         raise TrainConfigError("data.root is not set: give the dataset folder, e.g. data.root=runs/synth64 "
                                "(render one with `python -m training.synthetic`)")
-    return RealEstate10KDataset(d.root, d.split, video_length=d.video_length or model_cfg.temporal_length,
-                                resolution=tuple(d.resolution or model_cfg.resolution),
-                                frame_stride=tuple(d.frame_stride), max_clips=d.max_clips)
+    try:
+        return RealEstate10KDataset(d.root, d.split, video_length=d.video_length or model_cfg.temporal_length,
+                                    resolution=tuple(d.resolution or model_cfg.resolution),
+                                    frame_stride=tuple(d.frame_stride), max_clips=d.max_clips)
+    except FileNotFoundError as e:  # no clips there: the message says how to make them
+        raise TrainConfigError(str(e)) from None
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run (or resume) a training run; returns the last logged metrics and the run's paths."""
+def train(cfg: DictConfig, config_path: str | None = None) -> dict:
+    """Run (or resume) a training run; returns the last logged metrics and the run's paths.
+
+    A missing VAE or synthetic data set of the shipped synthetic configs is supplied first (supply_vae,
+    supply_data); `config_path` only makes the error for other missing files name the exact command."""
     tc = cfg.train
     rank, world, local, device = setup_distributed(tc.device)
     if tc.threads and device.type == "cpu":
         torch.set_num_threads(int(tc.threads))
     out_dir = Path(tc.output_dir)
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    barrier(world)
-
+    # Inputs first: a config that cannot run leaves no empty run folder behind.
+    cfg = supply_vae(cfg, rank, world, config_path)
     model_cfg = model_config_from_section(cfg.model)
+    supply_data(cfg, model_cfg, rank, world)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier(world)
     torch.manual_seed(int(tc.seed))  # identical initial weights on every rank
     model = build_model(model_cfg, device=device)
     initialise(model, cfg.model.init, list(cfg.model.init_parts or []))
@@ -637,11 +859,14 @@ def train(cfg: DictConfig) -> dict:
     save_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[str(tc.save_dtype)]
     ckpt = Checkpointer(out_dir, rank, world, int(tc.keep_last), save_dtype)
     start = 0
+    window: list[float] = []  # this rank's losses since the last logged step
     resume_from = find_checkpoint(out_dir, tc.resume)
     if resume_from is not None:
-        start = _resume(resume_from, model, wrapped, optimizer, scheduler, scaler, ema, ckpt, tc)
+        start, window = _resume(resume_from, model, wrapped, optimizer, scheduler, scaler, ema, ckpt, tc)
         if rank == 0:
-            log.info("resumed from %s at step %d", resume_from, start)
+            dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
+            log.info("resumed from %s at step %d%s", resume_from, start,
+                     f" ({dropped} rows after it dropped from metrics.jsonl)" if dropped else "")
     if rank == 0:
         _atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         log.info("model %s, %d trainable parameters of %d, world size %d, device %s", model_cfg.variant, n_train,
@@ -655,7 +880,8 @@ def train(cfg: DictConfig) -> dict:
     def batches_for(step: int, micro: int) -> dict:
         return collate([dataset[k] for k in sampler.keys_for_step(step * accum + micro)])
 
-    metrics = MetricLogger(out_dir, rank == 0, bool(tc.tensorboard))
+    metrics = MetricLogger(out_dir, rank == 0, bool(tc.tensorboard),
+                           resumed_at=start if resume_from is not None else None)
     bar = None
     if rank == 0 and tc.progress:
         try:
@@ -664,7 +890,6 @@ def train(cfg: DictConfig) -> dict:
         except ImportError:
             bar = None
     last: dict = {}
-    window: list[float] = []
     t0 = time.time()
     step = start
     try:
@@ -718,7 +943,7 @@ def train(cfg: DictConfig) -> dict:
             if bar is not None:
                 bar.update(1)
             if step % int(tc.save_every) == 0 or step == int(tc.max_steps):
-                _save(ckpt, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world)
+                _save(ckpt, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world, window)
     finally:
         if bar is not None:
             bar.close()
@@ -757,7 +982,11 @@ def _trainer_state(step, optimizer, scheduler, scaler, ema) -> dict:
             "scaler": scaler.state_dict(), "ema": ema}
 
 
-def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world) -> None:
+def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler, ema, tc, world,
+          window: list[float]) -> None:
+    # The losses since the last logged step are per rank: the next logged mean must average the same steps as
+    # an uninterrupted run's, whatever step the checkpoint fell on.
+    rank_state = {"loss_window": [float(x) for x in window]}
     if world > 1 and tc.distributed == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -768,13 +997,14 @@ def _save(ckpt: Checkpointer, step, model, wrapped, optimizer, scheduler, scaler
             ema_full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in ema.items()}
         state = {"step": step, "optimizer_full": osd, "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "ema": ema_full}
-        ckpt.save(step, model, state, ema_full, full_state=full)
+        ckpt.save(step, model, state, ema_full, full_state=full, rank_state=rank_state)
     else:
-        ckpt.save(step, model, _trainer_state(step, optimizer, scheduler, scaler, ema), ema)
+        ckpt.save(step, model, _trainer_state(step, optimizer, scheduler, scaler, ema), ema, rank_state=rank_state)
 
 
-def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt: Checkpointer, tc) -> int:
-    """Restore model, optimizer, scheduler, scaler, EMA, RNG; returns the step to continue from."""
+def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt: Checkpointer,
+            tc) -> tuple[int, list[float]]:
+    """Restore model, optimizer, scheduler, scaler, EMA, RNG; returns (step to continue from, loss window)."""
     sd, meta = load_state_dict(path / "model.safetensors")
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     distributed_fsdp = tc.distributed == "fsdp" and dist.is_initialized() and dist.get_world_size() > 1
@@ -798,10 +1028,12 @@ def _resume(path: Path, model, wrapped, optimizer, scheduler, scaler, ema, ckpt:
                 ema[k] = distribute_tensor(v.to(ema[k].dtype), ema[k].device_mesh, ema[k].placements)
             else:
                 ema[k].copy_(v)
-    if not ckpt.load_rng(path):
+    own_state = ckpt.load_rng(path)
+    if own_state is None:
         log.warning("%s has no RNG state for rank %d (different world size); per-step seeding still makes the "
                     "data and noise reproducible", path, ckpt.rank)
-    return int(state["step"])
+        own_state = {}
+    return int(state["step"]), [float(x) for x in own_state.get("loss_window", [])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -815,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg)
+        train(cfg, args.config)
     except CamI2VError as e:  # any error the user can act on (config, data, checkpoint), in one line
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cami2v_core.checkpoint import save_safetensors
+from cami2v_core.checkpoint import check_state_dict, load_state_dict, save_safetensors
 from cami2v_core.modules.vae import AutoencoderKL
+from cami2v_core.video_io import load_rgb
 
 log = logging.getLogger("training.train_vae")
 
@@ -45,14 +46,13 @@ def load_frames(root: Path, split: str, size: int, limit: int | None = None) -> 
                                 "with `python -m training.synthetic --out ...` first")
     out = np.empty((len(files), size, size, 3), np.uint8)
     for i, f in enumerate(files):
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                s = size / min(im.size)
-                im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BILINEAR)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            out[i] = np.asarray(im)
+        im = Image.fromarray(load_rgb(f))
+        if im.size != (size, size):
+            s = size / min(im.size)
+            im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.BILINEAR)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        out[i] = np.asarray(im)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -115,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("frames %s", tuple(frames.shape))
     vae = AutoencoderKL(**cfg.first_stage)
     if args.init:
-        from cami2v_core.checkpoint import load_state_dict
         sd, meta = load_state_dict(args.init)
-        vae.load_state_dict({k.removeprefix("first_stage_model."): v for k, v in sd.items()
-                             if k.startswith("first_stage_model.")}, strict=True)
+        sd = {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+        # Checked first so a wrong file is named in one message, not a torch traceback.
+        check_state_dict(sd, {f"first_stage_model.{k}": v.shape for k, v in vae.state_dict().items()},
+                         "first-stage VAE", source=str(args.init))
+        vae.load_state_dict({k.removeprefix("first_stage_model."): v for k, v in sd.items()}, strict=True)
         init_std = float(meta.get(VAE_STD_METADATA_KEY, "1"))
     if not args.init:
         with torch.no_grad():

@@ -4,11 +4,14 @@
     python -m trajectories show "orbit left" --ratio 0.6 --out orbit.png [--image photo.jpg --gif orbit.gif]
     python -m trajectories convert my_path.txt --to json --out my_path.json
     python -m trajectories convert colmap/sparse/0 transforms.json        # formats from the names
+    python -m trajectories from-video clip.mp4 --out path.json [--frames 16] [--fov 60] [--smooth 1]
 A path is a preset name (with --frames/--ratio/--scale as in the demo) or a pose file (pose JSON, RealEstate10K text,
 a CAMERACTRL_POSES JSON list, a nerfstudio / instant-ngp transforms.json, or a COLMAP text model folder); --frames
 resamples it with SLERP. convert's output format comes from --to, else from the output name: transforms*.json ->
 transforms, other .json -> pose JSON, .txt -> RealEstate10K, a folder (existing, ending in '/', or without a suffix)
 or cameras.txt / images.txt -> COLMAP text model.
+from-video copies the camera move of a video file or a folder of frames (structure from motion: needs pycolmap,
+see trajectories/from_video.py); --out names the format as for convert; progress and a report go to stderr.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from . import colmap, combinators, formats, nerfstudio, presets, preview
+from . import colmap, combinators, nerfstudio, presets, preview, reading
 from .errors import TrajectoryError
+from cami2v_core.errors import CamI2VError
 
 CONVERSIONS = ("json", "poses", "realestate10k", "transforms", "colmap")
 SIZED = ("transforms", "colmap")  # formats that store pixel intrinsics, so --size applies
@@ -30,7 +35,7 @@ def _path(args):
     name = presets.find_preset(args.path)
     if name is not None:
         return presets.preset(name, frames=args.frames or 16, ratio=args.ratio, scale=args.scale)
-    path = formats.load(Path(args.path) if Path(args.path).exists() else args.path)
+    path = reading.load(Path(args.path) if Path(args.path).exists() else args.path)
     if args.frames:
         path = combinators.resample(path, args.frames)
     return path.scaled(args.scale) if args.scale != 1.0 else path
@@ -89,6 +94,64 @@ def _convert(path, args) -> int:
     return 0
 
 
+def _intrinsics(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise TrajectoryError(f"--intrinsics must be fx,fy,cx,cy normalised by the width / height (0.6,0.8,0.5,0.5), "
+                              f"found {text!r}")
+    return values
+
+
+def _from_video(args) -> int:
+    from . import from_video
+
+    def say(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    result = from_video.path_from_video(
+        args.source, frames_out=args.frames or 16, sfm_frames=args.sfm_frames, size=args.sfm_size, progress=say,
+        intrinsics=_intrinsics(args.intrinsics) if args.intrinsics else None, fov_deg=args.fov,
+        smooth_frames=args.smooth, normalize=args.normalize, seed=args.seed, threads=args.threads,
+        robust_features=args.robust_features)
+    for line in result.report():
+        print(line, file=sys.stderr)
+    return _convert(result.path, SimpleNamespace(output=None, out=args.out, to=None, size=None))
+
+
+def _from_video_parser(sub):
+    from .from_video import DEFAULT_SFM_FRAMES, DEFAULT_SIZE, NORMALIZATIONS
+
+    p = sub.add_parser("from-video", help="copy the camera move of a video (structure from motion; needs pycolmap)")
+    p.add_argument("source", help="video file (needs PyAV) or folder of frames (name order)")
+    p.add_argument("--out", help="output file or COLMAP folder, format from the name as for convert (default: pose "
+                                 "JSON on stdout)")
+    p.add_argument("--frames", type=int, default=None, help="poses of the output path (default 16, the model's)")
+    camera = p.add_mutually_exclusive_group()
+    camera.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees (default: "
+                                                                "estimated)")
+    camera.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy normalised by the width / height (default: "
+                                                           "estimated)")
+    p.add_argument("--smooth", type=float, default=0.0, help="Gaussian smoothing over time, sigma in output frames "
+                                                             "(default 0: none)")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="depth",
+                   help="scale: 'depth' puts the first frame's near scene at distance 1 (RealEstate10K-like, "
+                        "default); 'length' makes the largest distance from the first camera 1")
+    p.add_argument("--sfm-frames", type=int, default=DEFAULT_SFM_FRAMES,
+                   help="frames of the clip, evenly spaced, given to structure from motion (default %(default)s)")
+    p.add_argument("--sfm-size", type=int, default=DEFAULT_SIZE,
+                   help="long side in pixels of the frames structure from motion sees (default %(default)s)")
+    p.add_argument("--robust-features", action="store_true",
+                   help="SIFT with affine shapes and domain-size pooling: several times slower, finds more on small "
+                        "or soft frames")
+    p.add_argument("--threads", type=int, default=-1, help="CPU threads (default -1: all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the reconstruction (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2 for unusable input)."""
     parser = argparse.ArgumentParser(prog="python -m trajectories", description=__doc__.splitlines()[0])
@@ -103,6 +166,7 @@ def main(argv=None) -> int:
                        help="presets: fraction of the demo path covered (default %(default)s)")
         p.add_argument("--scale", type=float, default=presets.DEFAULT_SCALE, help="multiply translations")
         p.add_argument("--out", help="output file (show: .png; convert: default stdout)")
+    _from_video_parser(sub)
     show = sub.choices["show"]
     show.add_argument("--image", help="a picture to warp along the path (planar-scene preview)")
     show.add_argument("--gif", help="where to write that animation (.gif)")
@@ -125,6 +189,8 @@ def main(argv=None) -> int:
             for p in presets.PRESETS.values():
                 print(f"{p.name:24s} {p.poses:4d} poses  {p.description}")
             return 0
+        if args.command == "from-video":
+            return _from_video(args)
         path = _path(args)
         if args.command == "convert":
             return _convert(path, args)
@@ -140,7 +206,7 @@ def main(argv=None) -> int:
                 frames = preview.warp_preview(img, path, plane_depth=args.depth)
             preview.save_animation(frames, args.gif)
         return 0
-    except (TrajectoryError, OSError) as e:
+    except (CamI2VError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -44,7 +44,7 @@ def interpolate(trajectory: Trajectory, positions, method: str = "slerp") -> Tra
         w2c = geometry.invert_rigid(geometry.rigid(rotation, centres))
     exact = frac == 0  # stored poses come through bit for bit, so endpoints are kept exactly
     w2c[exact] = trajectory.w2c[left[exact]]
-    return Trajectory(w2c, intrinsics, trajectory.aspect)
+    return Trajectory(w2c, intrinsics, trajectory.aspect, trajectory.unit)
 
 
 def _proper(rotation: np.ndarray) -> np.ndarray:
@@ -121,7 +121,16 @@ def loop(trajectory: Trajectory, repeat_turn: bool = False) -> Trajectory:
 
 def _stack(parts: list[Trajectory]) -> Trajectory:
     return Trajectory(np.concatenate([p.w2c for p in parts]), np.concatenate([p.intrinsics for p in parts]),
-                      parts[0].aspect)
+                      parts[0].aspect, common_unit(parts))
+
+
+def common_unit(parts) -> str | None:
+    """The unit all parts share; mixing "relative" and "metre" paths is an error (their sizes do not compare)."""
+    units = {p.unit for p in parts} - {None}
+    if len(units) > 1:
+        raise TrajectoryError("one path is in metres and the other scale-free (relative); their sizes do not "
+                              "compare, so convert one first (Trajectory.with_unit)", field="unit")
+    return units.pop() if units else None
 
 
 def concatenate(*parts: Trajectory, continuous: bool = True) -> Trajectory:
@@ -154,7 +163,7 @@ def _rebase(part: Trajectory, w2c_anchor: np.ndarray, intr_anchor: np.ndarray) -
     intr = part.intrinsics
     intrinsics = np.concatenate([intr[:, :2] / intr[0, :2] * intr_anchor[:2],
                                  intr[:, 2:] - intr[0, 2:] + intr_anchor[2:]], axis=1)
-    return Trajectory(w2c, intrinsics, part.aspect)
+    return Trajectory(w2c, intrinsics, part.aspect, part.unit)
 
 
 def add(base: Trajectory, extra: Trajectory) -> Trajectory:
@@ -172,7 +181,7 @@ def add(base: Trajectory, extra: Trajectory) -> Trajectory:
     w2c = motion_w2c @ base.w2c
     ei, bi = extra.intrinsics, base.intrinsics
     intrinsics = np.concatenate([bi[:, :2] * ei[:, :2] / ei[0, :2], bi[:, 2:] + ei[:, 2:] - ei[0, 2:]], axis=1)
-    return Trajectory(w2c, intrinsics, base.aspect)
+    return Trajectory(w2c, intrinsics, base.aspect, common_unit([base, extra]))
 
 
 def scale(trajectory: Trajectory, factor: float) -> Trajectory:

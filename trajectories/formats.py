@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -28,8 +27,8 @@ import numpy as np
 
 from . import geometry
 from .errors import TrajectoryError
-from .trajectory import (BOTTOM_ROW_TOL, INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, Trajectory, check_aspect,
-                         default_intrinsics, finite_number)
+from .trajectory import (BOTTOM_ROW_TOL, INTRINSIC_FIELDS, MAX_FRAMES, RIGID_REPAIR_TOL, UNITS, Trajectory,
+                         check_aspect, default_intrinsics, finite_number)
 
 JSON_FORMAT = "cami2v-trajectory"
 JSON_VERSION = 1
@@ -39,25 +38,34 @@ DEFAULT_URL = "https://example.invalid/cami2v-trajectory"  # RealEstate10K's fir
 DEFAULT_UP = (0.0, -1.0, 0.0)  # OpenCV worlds have y pointing down, so "up" is -y
 SENSOR_WIDTH_MM = 36.0  # focal_mm is a 35 mm-equivalent focal length unless sensor_width_mm says otherwise
 _FRAME_KEYS = ("w2c", "c2w", "position", "look_at", "up", "intrinsics")
-_TOP_KEYS = ("format", "version", "name", "description", "aspect", "intrinsics", "frames")
+_TOP_KEYS = ("format", "version", "name", "description", "aspect", "unit", "intrinsics", "frames")
 _INTRINSIC_KEYS = ("fx", "fy", "cx", "cy", "fov_x_deg", "fov_y_deg", "focal_mm", "sensor_width_mm")
 
 
 # -- CAMERACTRL_POSES ------------------------------------------------------------------------------------------
 
+class CameraPoses(list):
+    """A CAMERACTRL_POSES list that also says its unit (a plain list to every other pack's node)."""
+
+    unit: str | None = None
+
+
 def to_cameractrl_poses(trajectory: Trajectory) -> list[list[float]]:
-    """Trajectory -> CAMERACTRL_POSES [T][19] (layout in the module docstring)."""
-    rows = []
+    """Trajectory -> CAMERACTRL_POSES [T][19] (layout in the module docstring), carrying the path's unit."""
+    rows = CameraPoses()
+    rows.unit = trajectory.unit
     for t, (w2c, intr) in enumerate(zip(trajectory.w2c, trajectory.intrinsics)):
         rows.append([float(t), *map(float, intr), float(trajectory.aspect), 1.0, *map(float, w2c[:3].reshape(12))])
     return rows
 
 
 def from_cameractrl_poses(poses) -> Trajectory:
-    """CAMERACTRL_POSES [T][19] (lists, tuples or an array) -> Trajectory; the aspect comes from pose_w / pose_h."""
+    """CAMERACTRL_POSES [T][19] (lists, tuples or an array) -> Trajectory; the aspect comes from pose_w / pose_h,
+    the unit from a list our nodes made (None from any other)."""
     rows = _pose_rows(poses, "CAMERACTRL_POSES frame")
     values = np.array(rows)
-    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_pose_size(values))
+    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_pose_size(values),
+                      getattr(poses, "unit", None))
 
 
 def _pose_rows(poses, what: str) -> list[list[float]]:
@@ -132,6 +140,16 @@ def to_realestate10k(trajectory: Trajectory, url: str = DEFAULT_URL) -> str:
 
 def from_realestate10k(text: str) -> Trajectory:
     """RealEstate10K pose text -> Trajectory (aspect = fy / fx of the first frame, i.e. square pixels)."""
+    values = realestate10k_rows(text, max_rows=MAX_FRAMES)
+    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_focal(values[0, 1:5]))
+
+
+def realestate10k_rows(text: str, max_rows: int | None = None) -> np.ndarray:
+    """The pose lines of RealEstate10K text as numbers [N,19] (timestamp fx fy cx cy k1 k2 w2c 3x4 row-major).
+
+    The one parser of the format: the camera-path reader above and the training data reader both use it. Blank
+    lines and the clip's URL line are skipped; anything else that is not 19 finite numbers is an error naming the
+    line."""
     text = _check_text(text)
     rows = []
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -139,8 +157,8 @@ def from_realestate10k(text: str) -> Trajectory:
         if not words or words[0].lower().startswith("http"):
             continue  # blank, or the clip URL (the demo skips lines starting with "https" as comments)
         frame = len(rows)
-        if frame >= MAX_FRAMES:
-            raise TrajectoryError(f"more than {MAX_FRAMES} pose lines; resample the path first")
+        if max_rows is not None and frame >= max_rows:
+            raise TrajectoryError(f"more than {max_rows} pose lines; resample the path first")
         if len(words) != POSE_VALUES:
             raise TrajectoryError(f"line {line_no} has {len(words)} values; RealEstate10K pose lines have "
                                   f"{POSE_VALUES}: timestamp fx fy cx cy k1 k2 and the 3x4 world-to-camera matrix "
@@ -159,8 +177,7 @@ def from_realestate10k(text: str) -> Trajectory:
     if not rows:
         raise TrajectoryError("no pose lines found; RealEstate10K text has a URL line, then one line of "
                               f"{POSE_VALUES} numbers per frame")
-    values = np.array(rows)
-    return Trajectory(_w2c_from_rows(values), values[:, 1:5], _aspect_from_focal(values[0, 1:5]))
+    return np.array(rows, dtype=np.float64)
 
 
 # -- pose JSON -------------------------------------------------------------------------------------------------
@@ -173,6 +190,8 @@ def to_json(trajectory: Trajectory, name: str | None = None, description: str | 
     if description is not None:
         head["description"] = str(description)
     head["aspect"] = float(trajectory.aspect)
+    if trajectory.unit is not None:
+        head["unit"] = trajectory.unit
     frames = []
     for w2c, intr in zip(trajectory.w2c, trajectory.intrinsics):
         frame = {"w2c": w2c[:3].tolist(), "intrinsics": dict(zip(INTRINSIC_FIELDS, map(float, intr)))}
@@ -189,9 +208,6 @@ def from_json(source) -> Trajectory:
     if not isinstance(data, dict):
         raise TrajectoryError(f"expected a pose JSON object with a 'frames' list (or a CAMERACTRL_POSES list), "
                               f"found {type(data).__name__}")
-    from . import nerfstudio  # a transforms.json is JSON too: its frames carry 'transform_matrix'
-    if nerfstudio.is_transforms(data):
-        return nerfstudio.from_transforms_json(data)
     _no_unknown_keys(data, _TOP_KEYS, None, "the top level")
     if "format" in data and data["format"] != JSON_FORMAT:
         raise TrajectoryError(f"'format' must be {JSON_FORMAT!r}, found {str(data['format'])[:40]!r}", field="format")
@@ -202,6 +218,9 @@ def from_json(source) -> Trajectory:
         if key in data and not isinstance(data[key], str):
             raise TrajectoryError(f"expected text, found {type(data[key]).__name__}", field=key)
     aspect = check_aspect(data["aspect"]) if "aspect" in data else 1.0
+    unit = data.get("unit")
+    if unit is not None and unit not in UNITS:
+        raise TrajectoryError(f"'unit' must be one of {', '.join(UNITS)}, found {str(unit)[:20]!r}", field="unit")
     default = _intrinsics(data["intrinsics"], aspect, None, "intrinsics") if "intrinsics" in data else None
     frames = data.get("frames")
     if not isinstance(frames, list):
@@ -222,7 +241,7 @@ def from_json(source) -> Trajectory:
         w2c[f] = _frame_pose(frame, f)
         intrinsics[f] = _intrinsics(frame["intrinsics"], aspect, f, "intrinsics") if "intrinsics" in frame \
             else fallback
-    return Trajectory(w2c, intrinsics, aspect)
+    return Trajectory(w2c, intrinsics, aspect, unit)
 
 
 def _parse_json(text) -> object:
@@ -421,75 +440,3 @@ def _check_text(text, name: str = "the pose text") -> str:
     if len(text) > MAX_TEXT_BYTES:
         raise TrajectoryError(f"{name} is larger than the {MAX_TEXT_BYTES // 2**20} MiB limit")
     return text.lstrip("\ufeff")
-
-
-def parse_text(text) -> Trajectory:
-    """Pose text of any supported format -> Trajectory: '{' pose JSON, '[' CAMERACTRL_POSES JSON, else RealEstate10K."""
-    text = _check_text(text)
-    head = text.lstrip()[:1]
-    if head in ("{", "["):
-        return from_json(text)
-    return from_realestate10k(text)
-
-
-def load(source) -> Trajectory:
-    """A Trajectory from a preset name, a pose file path (pose JSON, RealEstate10K, transforms.json, a COLMAP text
-    model folder), pose text, a CAMERACTRL_POSES list, a parsed pose JSON dict, or a Trajectory (returned as is)."""
-    if isinstance(source, Trajectory):
-        return source
-    if isinstance(source, (list, tuple, np.ndarray)):
-        return from_cameractrl_poses(source)
-    if isinstance(source, dict):
-        return from_json(source)
-    if isinstance(source, (bytes, bytearray)):
-        return parse_text(source)
-    if isinstance(source, os.PathLike):
-        return _load_file(Path(source))
-    if not isinstance(source, str):
-        raise TrajectoryError(f"cannot read a camera path from {type(source).__name__}; give a preset name, a file "
-                              f"path, pose text or a CAMERACTRL_POSES list")
-    from .presets import find_preset, preset
-    if "\n" not in source and find_preset(source) is not None:
-        return preset(source)
-    stripped = source.strip()
-    if stripped[:1] in ("{", "[") or "\n" in stripped:
-        return parse_text(source)
-    if _is_file(source) or _is_dir(source):
-        return _load_file(Path(source))
-    if stripped and _looks_numeric(stripped):
-        return parse_text(source)
-    if Path(stripped).suffix.lower() in (".json", ".txt") or os.sep in stripped:
-        raise TrajectoryError(f"pose file {stripped[:200]!r} not found")
-    from .presets import PRESETS
-    raise TrajectoryError(f"{source[:80]!r} is not a preset name, an existing pose file, or pose text. Presets: "
-                          f"{', '.join(PRESETS)}")
-
-
-def _load_file(path: Path) -> Trajectory:
-    """A pose file, a transforms.json, or a COLMAP text model (its folder, cameras.txt or images.txt)."""
-    if path.is_dir() or path.name.lower() in ("cameras.txt", "images.txt"):
-        from .colmap import read_colmap
-        return read_colmap(path)
-    return parse_text(read_text(path))
-
-
-def _is_dir(text: str) -> bool:
-    try:
-        return len(text) < 4096 and Path(text).is_dir()
-    except (OSError, ValueError):
-        return False
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return len(text) < 4096 and Path(text).is_file()
-    except (OSError, ValueError):  # names the OS cannot even look up (NUL bytes, too long)
-        return False
-
-
-def _looks_numeric(line: str) -> bool:
-    try:
-        [float(w) for w in line.split()]
-    except ValueError:
-        return False
-    return True

@@ -99,7 +99,7 @@ def preset_path(name: str, faithful: bool = True) -> Trajectory:
         turn_c2w = geometry.rigid(geometry.rot_y(180.0), np.zeros(3))
         w2c[-1] = w2c[-1] @ geometry.invert_rigid(turn_c2w)  # c2w_last <- R_y(180°) · c2w_last
         path = Trajectory(w2c, path.intrinsics, path.aspect)
-    return path
+    return path.with_unit("relative")  # the demo's pose files are scale-free (RealCam's demo reads them x 0.5 m)
 
 
 def preset(name: str, frames: int = 16, ratio: float = DEFAULT_RATIO, scale: float = DEFAULT_SCALE,

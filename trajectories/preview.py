@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cami2v_core.video_io import load_rgb
+
 from .errors import TrajectoryError
 from .trajectory import Trajectory, finite_number
 
@@ -181,7 +183,9 @@ def _rgb_array(image, size) -> np.ndarray:
         raise TrajectoryError(f"size must be between 16 and 4096 pixels, found {size}", field="size")
     if hasattr(image, "detach"):
         image = image.detach().cpu().numpy()
-    if not isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):
+        arr = load_rgb(image)
+    else:
         arr = np.asarray(image)
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
@@ -190,8 +194,7 @@ def _rgb_array(image, size) -> np.ndarray:
                                   field="image")
         if arr.dtype != np.uint8:
             arr = np.clip(np.nan_to_num(arr.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr[..., :3])
-    image = image.convert("RGB")
+    image = Image.fromarray(np.ascontiguousarray(arr[..., :3]))
     scale = size / max(image.size)
     new = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
     return np.asarray(image.resize(new, Image.BICUBIC), dtype=np.float64)

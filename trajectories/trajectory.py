@@ -31,6 +31,9 @@ RIGID_REPAIR_TOL = 5e-2
 BOTTOM_ROW_TOL = 1e-6
 MAX_FRAMES = 10_000
 INTRINSIC_FIELDS = ("fx", "fy", "cx", "cy")
+# What a translation of 1 means: "relative" (scale-free, as CamI2V's training poses and the demo presets), "metre"
+# (RealCam-I2V's metric convention), or None (not said: builders' distances are in whatever unit you mean).
+UNITS = ("relative", "metre")
 _MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])
 
 
@@ -53,8 +56,12 @@ class Trajectory:
     w2c: np.ndarray
     intrinsics: np.ndarray | None = None
     aspect: float = 1.0
+    unit: str | None = None  # one of UNITS, or None when the path does not say
 
     def __post_init__(self):
+        if self.unit is not None and self.unit not in UNITS:
+            raise TrajectoryError(f"unit must be one of {', '.join(UNITS)} (or none); found {str(self.unit)[:20]!r}",
+                                  field="unit")
         aspect = check_aspect(self.aspect)
         w2c = _check_w2c(self.w2c)
         intrinsics = _check_intrinsics(self.intrinsics, len(w2c), aspect)
@@ -74,7 +81,7 @@ class Trajectory:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         w2c = self.w2c[index]
-        return Trajectory(w2c, self.intrinsics[index], self.aspect)
+        return Trajectory(w2c, self.intrinsics[index], self.aspect, self.unit)
 
     @property
     def c2w(self) -> np.ndarray:
@@ -97,14 +104,18 @@ class Trajectory:
         """The same path seen from frame `ref`: that frame becomes the identity (as the model sees it, spec §6.3)."""
         if not -len(self) <= ref < len(self):
             raise TrajectoryError(f"reference frame {ref} is outside the path's {len(self)} frames")
-        return Trajectory(self.w2c @ self.c2w[ref], self.intrinsics, self.aspect)
+        return Trajectory(self.w2c @ self.c2w[ref], self.intrinsics, self.aspect, self.unit)
 
     def scaled(self, factor: float) -> "Trajectory":
         """Camera centres x factor: the demo's "scale" (trace_scale_factor) applied to every relative pose (§6.3)."""
         factor = finite_number(factor, "scale")
         w2c = self.w2c.copy()
         w2c[:, :3, 3] *= factor
-        return Trajectory(w2c, self.intrinsics, self.aspect)
+        return Trajectory(w2c, self.intrinsics, self.aspect, self.unit)
+
+    def with_unit(self, unit: str | None) -> "Trajectory":
+        """The same poses, saying what a translation of 1 means ("relative", "metre" or None)."""
+        return Trajectory(self.w2c, self.intrinsics, self.aspect, unit)
 
     def allclose(self, other: "Trajectory", atol: float = 1e-9) -> bool:
         """Same frame count, poses, intrinsics and aspect within atol."""
@@ -114,7 +125,8 @@ class Trajectory:
 
     def __repr__(self) -> str:
         travel = float(np.linalg.norm(np.diff(self.positions, axis=0), axis=-1).sum()) if len(self) > 1 else 0.0
-        return f"Trajectory(frames={len(self)}, aspect={self.aspect:.4g}, travel={travel:.4g})"
+        unit = f", unit={self.unit}" if self.unit else ""
+        return f"Trajectory(frames={len(self)}, aspect={self.aspect:.4g}, travel={travel:.4g}{unit})"
 
     # -- formats (trajectories/formats.py) -------------------------------------------------------------------
 

@@ -18,6 +18,11 @@ from .attention import attention
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance clamp (spec §3.4)
 
+
+def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A draw of the diagonal Gaussian posterior: mean + exp(logvar / 2) * noise (unscaled latent, spec §3.4)."""
+    return mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype)
+
 # ddconfig keys of the original Encoder/Decoder: required ones, and optional ones with the original defaults.
 _DDCONFIG_REQUIRED = ("ch", "out_ch", "num_res_blocks", "attn_resolutions", "in_channels", "resolution",
                       "z_channels")
