@@ -383,7 +383,6 @@ def section_numerics(plan: Plan, rec: Recorder) -> None:
         with project_kernels(kernel=kernel):
             camera = model.prepare_camera(w2c_tensor.to(model.device), cond.K.to(model.device), torch.tensor([0]),
                                           generator=torch.Generator().manual_seed(2))
-            camera = pipeline.compact_camera(model, camera, model.device)
             return model.apply_model(x, t, cond.context["cond"].to(model.device, model.dtype),
                                      cond.c_concat.to(model.device, model.dtype), cond.fs.to(model.device), camera)
 
@@ -401,8 +400,9 @@ def section_numerics(plan: Plan, rec: Recorder) -> None:
                                 generator=torch.Generator().manual_seed(3))
         ref_frames = reference.decode_first_stage(latent_in).float()
         ref_latent = sample(reference, "dense")
-        ref_masks = reference.prepare_camera(w2c_tensor, ref_cond.K, torch.tensor([0]),
-                                             generator=torch.Generator().manual_seed(2)).epipolar_masks
+        with project_kernels(kernel="dense"):  # the masks themselves, not their gathered forms
+            ref_masks = reference.prepare_camera(w2c_tensor, ref_cond.K, torch.tensor([0]),
+                                                 generator=torch.Generator().manual_seed(2)).epipolar_masks
         rec.add("cpu fp32 reference", value=time.perf_counter() - start, unit="s", note=f"{source}, "
                 f"{plan.numerics_steps}-step sampling")
     for dtype in plan.dtypes:
@@ -429,8 +429,10 @@ def section_numerics(plan: Plan, rec: Recorder) -> None:
             if device.type != "cpu":
                 with rec.case(f"{label} epipolar masks built on the device", needs_s=3) as run:
                     if run:
-                        masks = model.prepare_camera(w2c_tensor.to(device), ref_cond.K.to(device), torch.tensor([0]),
-                                                     generator=torch.Generator().manual_seed(2)).epipolar_masks
+                        with project_kernels(kernel="dense"):
+                            masks = model.prepare_camera(w2c_tensor.to(device), ref_cond.K.to(device),
+                                                         torch.tensor([0]),
+                                                         generator=torch.Generator().manual_seed(2)).epipolar_masks
                         flipped = sum(int((masks[s].cpu() != m).sum()) for s, m in ref_masks.items())
                         total = sum(m.numel() for m in ref_masks.values())
                         rec.add(f"{label} epipolar masks built on the device", "ok", None, "", flipped / total,

@@ -88,47 +88,52 @@ def test_condition_holds_the_gathered_form_only(counted):
 def test_auto_keeps_small_masks_dense_in_the_condition(counted):
     model, counters = counted
     cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
-    masks = cond.camera.epipolar_masks
-    assert masks and all(isinstance(m, epi.DenseEpipolarMask) for m in masks.values())
+    assert all(torch.is_tensor(m) and m.dtype == torch.bool for m in cond.camera.epipolar_masks.values())
     assert counters["layouts"].calls == 0
-    # the dense form stands for exactly the masks camera.py built, with the register columns padded once
-    built = model.prepare_camera(cond.K.new_tensor(_orbit_w2c())[None], cond.K, torch.tensor([0]),
-                                 generator=torch.Generator().manual_seed(0)).epipolar_masks
-    for stride, mask in masks.items():
-        assert mask.shape == tuple(built[stride].shape)
-        padded = mask.attention_mask(torch.float32, "cpu")
-        assert padded.dtype == torch.bool and bool(padded[..., :4].all())
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: the off-CPU path (additive bias), without a GPU
 def test_dense_masks_are_padded_and_biased_once_per_video(counted, monkeypatch, device):
-    """The dense kernel's mask (padded register columns; off the CPU an additive bias) is made once per camera
-    path and dtype, then handed to every block of every step as a view, not rebuilt per UNet call."""
+    """The dense kernel's mask (register columns padded; off the CPU an additive bias) is made once per camera path
+    and dtype, then handed to every block of every step and branch as a view, not rebuilt per UNet call."""
+    from cami2v_core.pipeline import make_denoiser
+
     model, _ = counted
     epi.set_kernel("dense")
     cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
-    finals = Counter(epi._aligned_bias)
-    monkeypatch.setattr(epi, "_aligned_bias", finals)
-    seen = set()
-    calls = Counter(epi.DenseEpipolarMask.attention_mask)
+    builds = Counter(epi._final_dense_form)
+    monkeypatch.setattr(epi, "_final_dense_form", builds)
+    forms = []
+    calls = Counter(epi.dense_attention_mask)
 
-    def attention_mask(self, dtype, dev):
-        out = calls(self, dtype, dev)
-        seen.add(id(out._base))  # the tensor the view was taken of
+    def dense_attention_mask(*args, **kwargs):
+        out = calls(*args, **kwargs)
+        forms.append(out)
         return out
 
-    monkeypatch.setattr(epi.DenseEpipolarMask, "attention_mask", attention_mask)
-    camera = cond.camera.to(device)
-    for _ in range(3):  # three steps of two guidance branches
-        for name, mask in camera.repeat_batch(2).epipolar_masks.items():
-            mask.attention_mask(torch.float16, torch.device(device))
-    levels = len(cond.camera.epipolar_masks)
-    assert calls.calls == 3 * levels and len(seen) == levels  # one storage per level, whatever the call
-    assert finals.calls == (levels if device == "meta" else 0)  # the bias: off the CPU only, once per level
-    out = camera.repeat_batch(2).epipolar_masks[8].attention_mask(torch.float16, torch.device(device))
-    assert out.shape == (2, 512, 516) and out.stride(0) == 0  # the branches are a view of one video's form
+    monkeypatch.setattr(epi, "dense_attention_mask", dense_attention_mask)
     if device == "meta":
-        assert out.dtype == torch.float16 and out.stride(1) % epi.DenseEpipolarMask.ALIGN == 0
+        import copy
+
+        model = copy.deepcopy(model).to("meta")
+        cond = cond.__class__(**{**cond.__dict__, "context": {k: v.to("meta") for k, v in cond.context.items()},
+                                 "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
+                                 "camera": cond.camera.to("meta")})
+    denoise = make_denoiser(model, cond)
+    x = torch.randn(1, 4, 8, 8, 8).to(device)
+    with torch.no_grad():
+        for step in range(3):  # three steps, the two guidance branches batched
+            denoise(x, torch.tensor([900 - 300 * step], device=device), ("cond", "uncond"))
+    levels = len(cond.camera.epipolar_masks)
+    blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
+    assert calls.calls == 3 * blocks  # every block of every step asked for the mask ...
+    assert builds.calls == levels  # ... which was built once per level (one video: one form per level)
+    assert len({id(f._base) for f in forms}) == levels  # and handed out as views of those
+    assert all(f.shape[0] == 2 and f.stride(0) == 0 for f in forms)  # the two branches share one video's form
+    if device == "meta":  # off the CPU: an additive bias in the UNet's dtype, rows aligned for SDPA's kernels
+        assert all(f.dtype == torch.float32 and f.stride(1) % epi.BIAS_ALIGN == 0 for f in forms)
+    else:  # on the CPU: the padded bool mask, as ever
+        assert all(f.dtype == torch.bool and bool(f[..., :4].all()) for f in forms)
 
 
 @pytest.mark.parametrize("kernel", ["dense", "gathered"])
@@ -151,7 +156,7 @@ def test_step_loop_reads_no_value_off_the_cpu(kernel):
                              "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
                              "camera": cond.camera.to("meta")})
     kinds = {type(m) for m in cond.camera.epipolar_masks.values()}
-    assert kinds == {EpipolarBlockMask if kernel == "gathered" else epi.DenseEpipolarMask}
+    assert kinds == {EpipolarBlockMask if kernel == "gathered" else torch.Tensor}
     x_T = torch.randn(1, 4, 8, 8, 8).to("meta")
     with torch.no_grad():
         guidance = Guidance(cfg_text=5.0, cfg_camera=2.0, rescale=0.7)

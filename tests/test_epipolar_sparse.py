@@ -488,47 +488,37 @@ def test_reference_frame_module_refuses_to_run_unmasked():
     assert isinstance(epi.EpipolarMaskError("x"), CamI2VError)
 
 
-# -- the dense kernel's final form, built once per camera path (issue 19) -------------------------------------------
+# -- the dense kernel's final form, built once per mask (issue 19) --------------------------------------------------
 
-def test_dense_form_gives_the_same_numbers_as_the_bool_mask():
-    mask = epipolar_masks()[8].expand(2, -1, -1)  # two guidance branches of one video
-    module = epipolar_module()
-    epi.set_kernel("dense")
-    dense = epi.DenseEpipolarMask.from_dense(mask, 4)
-    assert dense.padded.shape == (1, 256, 260) and dense.batch_map == [0, 0]  # one padded copy for both branches
-    assert torch.equal(dense.to_dense(), mask)
-    # on the CPU the block gets the very padded bool mask the per-call padding made: bit-identical
-    assert torch.equal(run_module(module, dense, batch=2), run_module(module, mask, batch=2))
-    # the additive bias the other devices get: 0 / -inf in aligned rows, the same attention up to round-off
-    bias = epi._aligned_bias(dense.padded, torch.float32, 16)
-    assert bias.stride(1) % 16 == 0 and bias.shape == dense.padded.shape
-    assert torch.equal(bias == 0, dense.padded) and bool(torch.isneginf(bias[~dense.padded]).all())
+def test_dense_form_gives_the_same_numbers_as_padding_per_call():
+    mask = epipolar_masks()[8]
+    branches = mask.expand(2, -1, -1)  # two guidance branches of one video: views of one mask
+    form = epi.dense_attention_mask(branches, 4, torch.float32)
+    assert form.shape == (2, 256, 260) and form.dtype == torch.bool and form.stride(0) == 0
+    assert torch.equal(form, torch.cat([torch.ones(2, 256, 4, dtype=torch.bool), branches], -1))
+    assert epi.dense_attention_mask(branches, 4, torch.float32)._base is form._base  # cached: built once
+    # an in-place change of the mask rebuilds it
+    changed = mask.clone()
+    before = epi.dense_attention_mask(changed, 4, torch.float32)
+    changed[0, 0, :] = ~changed[0, 0, :]
+    after = epi.dense_attention_mask(changed, 4, torch.float32)
+    assert torch.equal(after[..., 4:], changed) and not torch.equal(before, after)
+    # distinct videos in one batch each get theirs
+    pair = torch.cat([epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]])
+    assert torch.equal(epi.dense_attention_mask(pair, 4, torch.float32)[..., 4:], pair)
+
+
+def test_dense_bias_gives_the_same_attention_as_the_bool_mask():
+    mask = epipolar_masks()[8][0]
+    bias = epi._final_dense_form(mask, 4, torch.float32)  # the form off the CPU, built here by hand
+    assert bias.shape == (256, 260) and bias.stride(0) % epi.BIAS_ALIGN == 0
+    padded = epi._final_dense_form(mask, 4, None)
+    assert torch.equal(bias == 0, padded) and bool(torch.isneginf(bias[~padded]).all())
+    attn = epipolar_module().epipolar_attn
     x = torch.randn(2, 256, 32, generator=torch.Generator().manual_seed(3))
-    attn = module.epipolar_attn
     with torch.no_grad():
-        torch.testing.assert_close(attn(x, bias.expand(2, -1, -1)), attn(x, dense.padded.expand(2, -1, -1)),
+        torch.testing.assert_close(attn(x, bias.expand(2, -1, -1)), attn(x, mask.expand(2, -1, -1)),
                                    atol=1e-6, rtol=1e-6)
-
-
-def test_dense_form_follows_camera_condition_batch_operations():
-    a, b = epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]
-    dense = torch.cat([a, b])
-    epi.set_kernel("dense")
-    compact = epi.compact_masks({8: dense}, frames=4, num_register_tokens=4)
-    assert isinstance(compact[8], epi.DenseEpipolarMask) and compact[8].padded.shape[0] == 2
-    cond_dense = CameraCondition(epipolar_masks={8: dense}, origin_h=64)
-    cond_compact = CameraCondition(epipolar_masks=compact, origin_h=64)
-    for op in (lambda c: c.repeat_batch(3), lambda c: c.select(1), lambda c: c.select([1, 0]),
-               lambda c: c.to("cpu"), lambda c: c.select(slice(0, 1)).repeat_batch(2)):
-        expected, got = op(cond_dense).epipolar_masks[8], op(cond_compact).epipolar_masks[8]
-        assert got.shape == tuple(expected.shape)
-        assert torch.equal(got.to_dense(), expected)
-        padded = got.attention_mask(torch.float32, "cpu")
-        assert torch.equal(padded[..., 4:], expected) and bool(padded[..., :4].all())
-    assert cond_compact.batch_size == 2
-    module = epipolar_module()
-    with pytest.raises(ValueError, match="same image size"):
-        run_module(module, epi.DenseEpipolarMask.from_dense(epipolar_masks()[16], 4), batch=1)
 
 
 # -- no host syncs: the step loop's kernels run on the meta device, where reading any value raises ----------------
@@ -548,8 +538,9 @@ def test_gathered_attention_reads_no_value_off_the_cpu(layout):
 def test_epipolar_block_reads_no_value_off_the_cpu(kernel):
     epi.set_kernel(kernel)
     compact = epi.compact_masks({8: epipolar_masks()[8]}, frames=4, num_register_tokens=4)[8]
+    assert isinstance(compact, EpipolarBlockMask if kernel == "gathered" else torch.Tensor)
     module = epipolar_module().to("meta")
     x = torch.randn(2 * 64, 4, 32, device="meta")
     with torch.no_grad():
-        out = module(x, compact.to("meta").repeat_batch(2), 2)
+        out = module(x, compact.to("meta").expand(2, -1, -1), 2)
     assert out.device.type == "meta" and out.shape == x.shape

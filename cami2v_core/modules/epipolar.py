@@ -18,8 +18,7 @@ from torch import nn
 from ..configs import UNSUPPORTED_EPIPOLAR_SWITCHES, check_epipolar_switches
 from ..errors import CamI2VError
 from .attention import attention, merge_heads, split_heads
-from .epipolar_sparse import (MIN_SPARSE_TOKENS, EpipolarBlockMask, _find_same, _strip_registers, cached_block_mask,
-                              gathered_attention_kvr)
+from .epipolar_sparse import MIN_SPARSE_TOKENS, EpipolarBlockMask, _version, cached_block_mask, gathered_attention_kvr
 
 # Keys the original epipolar_config may hold: those this module uses, and those that only matter elsewhere (mask
 # building in camera.py, the model class) or are inert. The switches and which are supported: configs.py.
@@ -54,151 +53,57 @@ def get_kernel() -> str:
     return _kernel
 
 
-class DenseEpipolarMask:
-    """A batch of epipolar masks [B, L, L] in the dense kernel's final form, built once per camera path.
-
-    The dense kernel attends with the mask padded by its R always-True register columns, [B, L, R+L]. Made on every
-    UNet call, that padded copy (0.54 GB for the two guidance branches of a 256 video at 32x32) and, on CUDA, the
-    float bias SDPA turns a bool mask into (about 1 GB in fp16, copied once more to 16-aligned rows) cost more than
-    the attention they feed. This holds the padded bool mask of each distinct video once and, off the CPU, its
-    additive bias (0 / -inf) per dtype, built at first use with rows 16-aligned so that SDPA reads it in place;
-    a batch of guidance branches is a view of it. On the CPU the block receives the padded bool mask, the very
-    tensor the per-call padding made, so results do not change.
-
-    It supports what CameraCondition does to its masks (to, repeat_batch, expand, select), as EpipolarBlockMask.
-    """
-
-    ALIGN = 16  # elements per bias row a multiple of this: the alignment SDPA's fused kernels need
-
-    def __init__(self, padded: torch.Tensor, num_register_tokens: int, batch_map: list, cache: dict | None = None):
-        if padded.dim() != 3 or padded.dtype != torch.bool or not batch_map or any(
-                not 0 <= i < padded.shape[0] for i in batch_map):
-            raise ValueError(f"DenseEpipolarMask needs a bool [V, L, R+L] mask and a batch map into its "
-                             f"{padded.shape[0]} videos; got {padded.dtype} {list(padded.shape)} and {batch_map}")
-        self.padded = padded  # bool [V, L, R+L]: one row block per distinct video
-        self.num_register_tokens = int(num_register_tokens)
-        self.batch_map = list(batch_map)
-        self._finals = {} if cache is None else cache  # (dtype, device) -> final form [V, L, R+L]; shared by views
-
-    @classmethod
-    def from_dense(cls, mask: torch.Tensor, num_register_tokens: int) -> "DenseEpipolarMask":
-        """bool [B, L, L] (or [B, L, R+L] with True register columns) -> its final dense form; batch elements with
-        the same mask (the expanded branches of one video) share one padded copy."""
-        stripped = _strip_registers(mask, num_register_tokens)
-        sources, batch_map = [], []
-        for b in range(stripped.shape[0]):
-            index = _find_same(stripped[b], sources)
-            if index is None:
-                sources.append(stripped[b])
-                index = len(sources) - 1
-            batch_map.append(index)
-        distinct = torch.stack(sources)
-        padded = pad_register_columns(distinct, num_register_tokens, force=True)
-        return cls(padded, num_register_tokens, batch_map)
-
-    @property
-    def batch_size(self) -> int:
-        """B."""
-        return len(self.batch_map)
-
-    @property
-    def length(self) -> int:
-        """L = T*h*w tokens per video."""
-        return self.padded.shape[1]
-
-    @property
-    def shape(self) -> tuple:
-        """(B, L, L), the shape of the dense mask this stands for."""
-        return (self.batch_size, self.length, self.length)
-
-    def dim(self) -> int:
-        """3, as the dense [B, L, L] mask."""
-        return 3
-
-    @property
-    def device(self) -> torch.device:
-        """Where the padded mask is."""
-        return self.padded.device
-
-    def attention_mask(self, dtype: torch.dtype, device) -> torch.Tensor:
-        """The mask the attention call takes: [B, L, R+L], bool on the CPU (and without registers), else an
-        additive bias in `dtype` with 16-aligned rows. Built once per dtype and device; a view per call."""
-        device = torch.device(device)
-        if device.type == "cpu" or self.num_register_tokens == 0:
-            # bool, as the reference path always attended on the CPU; without registers a row may allow no key,
-            # which a bias would turn into an all -inf row
-            key = (torch.bool, device)
-            if key not in self._finals:
-                self._finals[key] = self.padded.to(device)
-        else:
-            key = (dtype, device)
-            if key not in self._finals:
-                self._finals[key] = _aligned_bias(self.padded.to(device), dtype, self.ALIGN)
-        final = self._finals[key]
-        if len(set(self.batch_map)) == 1:
-            i = self.batch_map[0]
-            return final[i:i + 1].expand(self.batch_size, -1, -1)  # branches of one video: a view
-        return final[torch.tensor(self.batch_map, device=device)]
-
-    def to_dense(self) -> torch.Tensor:
-        """Bool [B, L, L] (without the register columns)."""
-        return self.padded[:, :, self.num_register_tokens:][self.batch_map]
-
-    def tensors(self):
-        """Every tensor it holds: the padded mask and the final forms built so far."""
-        yield self.padded
-        yield from self._finals.values()
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held (the padded mask and the built final forms)."""
-        return sum(t.numel() * t.element_size() for t in {id(t): t for t in self.tensors()}.values())
-
-    def repeat_batch(self, n: int) -> "DenseEpipolarMask":
-        """The batch repeated n times ([m0, m1] -> [m0, m1, m0, m1]), sharing the tensors."""
-        return DenseEpipolarMask(self.padded, self.num_register_tokens, self.batch_map * int(n), self._finals)
-
-    def to(self, device=None, dtype=None) -> "DenseEpipolarMask":
-        """The same mask on `device` (itself when it is there); dtype is ignored, as for a bool mask."""
-        if device is None or torch.device(device) == self.device:
-            return self
-        return DenseEpipolarMask(self.padded.to(device), self.num_register_tokens, self.batch_map)
-
-    def expand(self, n: int, *rest) -> "DenseEpipolarMask":
-        """[1, L, L] -> [n, L, L] (only a batch of one expands, as for a tensor)."""
-        if self.batch_size != 1:
-            raise ValueError(f"only a batch of one expands; this mask has batch {self.batch_size}")
-        return self.repeat_batch(n)
-
-    def repeat(self, n: int, *rest) -> "DenseEpipolarMask":
-        """[B, L, L] -> [n*B, L, L] as torch.Tensor.repeat(n, 1, 1)."""
-        if any(r != 1 for r in rest):
-            raise ValueError(f"an epipolar mask repeats along the batch only; got repeat({n}, "
-                             f"{', '.join(map(str, rest))})")
-        return self.repeat_batch(n)
-
-    def __getitem__(self, index) -> "DenseEpipolarMask":
-        """The samples at a batch index (int, slice, list or long tensor), batch dim kept."""
-        picks = list(range(self.batch_size))
-        if isinstance(index, int):
-            chosen = [picks[index]]
-        elif isinstance(index, slice):
-            chosen = picks[index]
-        else:
-            chosen = [picks[int(i)] for i in torch.as_tensor(index).reshape(-1).tolist()]
-        if not chosen:
-            raise ValueError("selecting no sample of an epipolar mask leaves nothing to attend with")
-        return DenseEpipolarMask(self.padded, self.num_register_tokens, [self.batch_map[i] for i in chosen],
-                                 self._finals)
+# The dense kernel attends with the mask padded by its R always-True register columns, [B, L, R+L]. Made on every
+# UNet call, that padded copy (0.54 GB for the two guidance branches of a 256 video at 32x32) and, off the CPU, the
+# float bias SDPA turns a bool mask into (about 1 GB in fp16, copied once more to 16-aligned rows) cost more than
+# the attention they feed. `dense_attention_mask` builds that final form once per mask (per dtype and device) and
+# keeps it on the tensor owning the mask's storage, as `cached_block_mask` keeps the gathered layouts: the camera
+# condition holds the mask, so the form lives as long as the camera path, and the guidance branches (views of one
+# video's mask) share it.
+BIAS_ALIGN = 16  # elements per bias row a multiple of this: what SDPA's fused kernels read without a padded copy
 
 
-def _aligned_bias(padded: torch.Tensor, dtype: torch.dtype, align: int) -> torch.Tensor:
-    """bool [V, L, W] -> additive bias [V, L, W] in dtype (0 attend, -inf not), a view of [V, L, ceil(W/align)*align]
-    storage so that every row starts aligned."""
-    rows, length, width = padded.shape
-    storage = torch.zeros(rows, length, -(-width // align) * align, dtype=dtype, device=padded.device)
-    bias = storage[..., :width]
-    bias.masked_fill_(~padded, float("-inf"))
+def dense_attention_mask(mask: torch.Tensor, num_register_tokens: int, dtype: torch.dtype,
+                         device=None) -> torch.Tensor:
+    """bool [B, L, L] (or [B, L, R+L] with the register columns) -> the mask the dense kernel attends with.
+
+    [B, L, R+L]: bool on the CPU (the padded mask the reference path always used) and where there are no registers
+    (a row could then allow no key, which a bias would make all -inf); else an additive bias in `dtype` (0 attend,
+    -inf not) with 16-aligned rows. Built once per distinct video of the batch and cached on the mask (an in-place
+    change rebuilds it); the result is a view when the batch is one video's branches."""
+    device = torch.device(device) if device is not None else mask.device
+    registers = int(num_register_tokens)
+    as_bias = device.type != "cpu" and registers > 0
+    owner = mask if mask._base is None else mask._base
+    cache = owner.__dict__.setdefault("_cami2v_dense_forms", {})
+    finals = []
+    for b in range(mask.shape[0]):
+        element = mask[b]
+        if not as_bias and element.shape[1] == element.shape[0] + registers:
+            finals.append(element.to(device))  # already in its final form (padded bool)
+            continue
+        key = (element.data_ptr(), element.stride(), tuple(element.shape), registers,
+               dtype if as_bias else torch.bool, str(device), _version(owner))
+        final = cache.get(key)
+        if final is None:
+            final = cache[key] = _final_dense_form(element.to(device), registers, dtype if as_bias else None)
+        finals.append(final)
+    if all(f is finals[0] for f in finals):
+        return finals[0][None].expand(len(finals), -1, -1)  # one video's branches: a view
+    return torch.stack(finals)
+
+
+def _final_dense_form(mask: torch.Tensor, registers: int, bias_dtype: torch.dtype | None) -> torch.Tensor:
+    """bool [L, L] or [L, R+L] -> bool [L, R+L] padded, or (bias_dtype) its additive bias in aligned rows."""
+    length, width = mask.shape
+    if width != length + registers:
+        mask = torch.cat([mask.new_ones(length, registers), mask], dim=-1)
+    if bias_dtype is None:
+        return mask
+    storage = torch.zeros(length, -(-mask.shape[1] // BIAS_ALIGN) * BIAS_ALIGN, dtype=bias_dtype,
+                          device=mask.device)
+    bias = storage[:, :mask.shape[1]]
+    bias.masked_fill_(~mask, float("-inf"))
     return bias
 
 
@@ -206,8 +111,6 @@ def _may_gather(mask) -> bool:
     """Whether a mask could take the gathered path (then its register columns are never padded densely)."""
     if isinstance(mask, EpipolarBlockMask):
         return True
-    if isinstance(mask, DenseEpipolarMask):
-        return False
     kernel = get_kernel()
     return kernel == "gathered" or (kernel == "auto" and mask.shape[-2] >= MIN_SPARSE_TOKENS)
 
@@ -242,11 +145,6 @@ def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
                                  "scored_fraction": mask.scored_fraction, "bytes": mask.nbytes,
                                  "layout": sorted(set(mask.kinds)), "relative_cost": mask.relative_cost}
             continue
-        if isinstance(mask, DenseEpipolarMask):
-            allowed = mask.padded[:, :, mask.num_register_tokens:]
-            info[int(stride)] = {"tokens": mask.length, "kernel": "dense", "bytes": mask.nbytes,
-                                 "density": int(torch.count_nonzero(allowed)) / allowed.numel()}
-            continue
         blocks = gathered_form(mask, frames, num_register_tokens, device)
         entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else "dense"}
         probe = blocks if blocks is not None else (
@@ -261,26 +159,20 @@ def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
 
 
 def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, device=None) -> dict | None:
-    """{stride: bool [B, L, L]} -> the same dict with every mask in its final form: gathered (`EpipolarBlockMask`)
-    where the kernel gathers it, else `DenseEpipolarMask` (padded once, and biased once per dtype off the CPU).
+    """{stride: bool [B, L, L]} -> the same dict with every mask the kernel gathers replaced by its gathered form.
 
-    A camera condition holding the result no longer holds the dense masks the kernel gathers (268 MB per video at
-    the 256 model's 32x32 level; the gathered form of that level takes about 20 MB), and no UNet call rebuilds a
-    mask: every one finds its final form ready. Both forms support what CameraCondition does to its masks (to,
-    repeat_batch, select).
+    A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
+    32x32 level; the gathered form of that level takes about 20 MB), and every UNet call finds the gathered form
+    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select). The
+    masks kept dense get their final form (`dense_attention_mask`) at the first UNet call, cached on them.
     """
     if masks is None:
         return None
     out = {}
     for stride, mask in masks.items():
-        if isinstance(mask, (EpipolarBlockMask, DenseEpipolarMask)):
-            out[stride] = mask
-            continue
-        blocks = gathered_form(mask, frames, num_register_tokens, device)
-        if blocks is None:
-            mask = mask if device is None else mask.to(device)
-            blocks = DenseEpipolarMask.from_dense(mask, num_register_tokens)
-        out[stride] = blocks
+        blocks = mask if isinstance(mask, EpipolarBlockMask) else gathered_form(mask, frames, num_register_tokens,
+                                                                                  device)
+        out[stride] = blocks if blocks is not None else mask
     return out
 
 
@@ -295,15 +187,15 @@ def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_he
     return masks.get(origin_h // feature_height)
 
 
-def pad_register_columns(mask: torch.Tensor, num_register_tokens: int, force: bool = False) -> torch.Tensor:
+def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
     """bool [B, L, L] -> [B, L, R+L] with the R register columns always True (spec §4.3).
 
     A mask that may take the gathered path (`EpipolarBlockMask`, or a large one under the "auto"/"gathered"
     kernels) is returned as it is: that path adds the registers itself, and the padded copy would be as big as the
-    mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call. So is a
-    `DenseEpipolarMask`, padded once already. `force` pads whatever the kernel.
+    mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call. (The UNet itself
+    never pads: the dense kernel takes its padded form from `dense_attention_mask`, built once per mask.)
     """
-    if isinstance(mask, DenseEpipolarMask) or num_register_tokens == 0 or (_may_gather(mask) and not force):
+    if num_register_tokens == 0 or _may_gather(mask):
         return mask
     registers = mask.new_ones(mask.shape[0], mask.shape[1], num_register_tokens)
     return torch.cat([registers, mask], dim=-1)
@@ -328,10 +220,9 @@ class RegisterTokenAttention(nn.Module):
         nn.init.zeros_(self.to_out[0].weight)
         nn.init.zeros_(self.to_out[0].bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | EpipolarBlockMask | DenseEpipolarMask | None = None
-                ) -> torch.Tensor:
-        """x [B, L, C], mask bool [B, L, R+L] (True = attend) or additive, EpipolarBlockMask, DenseEpipolarMask or
-        None -> [B, L, C].
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | EpipolarBlockMask | None = None) -> torch.Tensor:
+        """x [B, L, C], mask bool [B, L, L] or [B, L, R+L] (True = attend), additive [B, L, R+L], EpipolarBlockMask
+        or None -> [B, L, C].
 
         The gathered path is inference only (its gathers write into reused buffers); with autograd recording, a
         block mask is expanded back to the dense mask it stands for."""
@@ -348,8 +239,9 @@ class RegisterTokenAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
         k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
         v = split_heads(self.to_v(context), self.heads)
-        if isinstance(mask, DenseEpipolarMask):
-            mask = mask.attention_mask(q.dtype, q.device)  # built once per camera path, a view per call
+        if mask is not None and mask.dtype == torch.bool:
+            # padded (and off the CPU biased) once per mask, then a view per call
+            mask = dense_attention_mask(mask, self.num_register_tokens, q.dtype, q.device)
         if mask is not None:
             mask = mask.unsqueeze(1)  # [B, 1, L, R+L]: a broadcast view over heads, never a per-head copy
         out = attention(q, k, v, mask=mask)  # default scale dim_head^-0.5, as the original's SDPA call
@@ -443,15 +335,8 @@ class EpipolarAttention(nn.Module):
         return rearrange(out, "b (t hw) c -> (b hw) t c", hw=hw)
 
     def _choose_kernel(self, mask, batch_size: int, length: int, frames: int, device):
-        """The mask in the form the chosen kernel takes: EpipolarBlockMask (gathered) or bool [B, L, R+L]."""
-        if isinstance(mask, DenseEpipolarMask):
-            if mask.batch_size != batch_size or mask.length != length or (
-                    mask.num_register_tokens != self.num_register_tokens):
-                raise ValueError(f"epipolar mask is for batch {mask.batch_size}, {mask.length} tokens and "
-                                 f"{mask.num_register_tokens} registers but this block has batch {batch_size}, "
-                                 f"{length} tokens and {self.num_register_tokens} registers: build it from masks "
-                                 f"of the same image size, frames and batch")
-            return mask.to(device)
+        """The mask in the form the chosen kernel takes: EpipolarBlockMask (gathered) or the checked bool mask
+        [B, L, L] / [B, L, R+L] (dense: RegisterTokenAttention takes its cached final form)."""
         if isinstance(mask, EpipolarBlockMask):
             if mask.batch_size != batch_size or mask.length != length or mask.frames != frames:
                 raise ValueError(f"epipolar block mask is for batch {mask.batch_size}, {mask.frames} frames, "
@@ -465,7 +350,7 @@ class EpipolarAttention(nn.Module):
             blocks = gathered_form(mask, frames, self.num_register_tokens, device)
             if blocks is not None:
                 return blocks
-        return self._check_mask(mask, batch_size, length).to(device)
+        return self._check_mask(mask, batch_size, length, pad=False)
 
     def _check_mask(self, mask: torch.Tensor, batch_size: int, length: int, pad: bool = True) -> torch.Tensor:
         if mask.dtype != torch.bool:
@@ -482,6 +367,6 @@ class EpipolarAttention(nn.Module):
         return mask
 
 
-__all__ = ["EpipolarAttention", "RegisterTokenAttention", "DenseEpipolarMask", "lookup_mask", "pad_register_columns",
+__all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
            "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
            "compact_masks"]
