@@ -1,4 +1,4 @@
-"""The three 256x256 architectures with random weights, built cheaply for timing.
+"""The released architectures (256x256, and 320x512 where released) with random weights, built cheaply for timing.
 
 Only the parts a denoising loop runs are materialised: the UNet and, for the camera models, the pose encoder. The
 text/image encoders and the VAE stay on the meta device (they are the same for all three models and run once per
@@ -79,13 +79,31 @@ class _Subset(nn.Module):
                 yield name, p
 
 
+SIZES = ("256", "512", "tiny", "tiny-wide")
+
+
+def tiny_wide_config():
+    """The tiny preset at 64x128 with its top level unmasked: the 512 model's shape (wide, ds 1 unmasked), small."""
+    tiny = PRESETS["tiny"]
+    return tiny.replace(image_size=(8, 16), epipolar=dict(tiny.epipolar, origin_h=64, origin_w=128,
+                                                          attention_resolution=[4, 2]))
+
+
 def family_configs(size: str = "256", variants=VARIANTS) -> dict:
-    """{variant: ModelConfig}: the released 256 presets, or "tiny" (the golden fixtures' size, for tests)."""
+    """{variant: ModelConfig}: the released 256 or 512 presets, or "tiny" / "tiny-wide" (miniatures, for tests)."""
     if size == "256":
         return {v: PRESETS[PRESET_OF[v]] for v in variants}
+    if size == "512":
+        missing = [v for v in variants if f"{v}-512" not in PRESETS]
+        if missing:
+            raise ValueError(f"no 320x512 release of {', '.join(missing)}; at 512 choose from "
+                             f"{', '.join(v for v in VARIANTS if f'{v}-512' in PRESETS)}")
+        return {v: PRESETS[f"{v}-512"] for v in variants}
     if size == "tiny":
         return {v: PRESETS["tiny"].with_variant(v) for v in variants}
-    raise ValueError(f"model size must be '256' or 'tiny', got {size!r}")
+    if size == "tiny-wide":
+        return {v: tiny_wide_config().with_variant(v) for v in variants}
+    raise ValueError(f"model size must be one of {', '.join(SIZES)}, got {size!r}")
 
 
 def build_family(variants=VARIANTS, device="cpu", dtype=torch.float32, seed: int = 0, size: str = "256") -> dict:

@@ -218,7 +218,7 @@ def _generate(args) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = args.dtype or ("fp16" if torch.device(device).type == "cuda" else "fp32")
         model = load_model(ckpt, device=device, dtype=dtype, config=args.config, base=args.base,
-                           search_dirs=args.search_dir or ())
+                           search_dirs=args.search_dir or (), vae_dtype=args.vae_dtype)
         trajectory = _load_camera(args.camera, model.config.temporal_length, args.ratio)
         _, unit_note = pipeline.camera_scale(trajectory, model.config.translation_unit, args.trace_scale)
         fit_note = pipeline.describe_fit(tuple(image.shape[:2]), model.config.resolution, args.fit)
@@ -324,6 +324,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weights dtype (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--vae-dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="the VAE's own dtype (default: the same as --dtype); bf16 if an fp16 decode overflows")
     p.add_argument("--offload", action="store_true",
                    help="keep encoders and VAE on the CPU while the UNet samples (less GPU memory)")
     p.add_argument("--decode-chunk", type=_positive_int, default=4, help="frames per VAE decode call (default 4)")

@@ -21,6 +21,7 @@ from . import camera as camera_maths
 from .camera import CameraCondition
 from .checkpoint import CheckpointError, check_state_dict, config_for, load_with_base, parse_dtype
 from .configs import ModelConfig, epipolar_attention_kind, resolve_config
+from .errors import CamI2VError
 from .modules import epipolar as epipolar_kernels
 from .modules.camera_encoder import CameraPoseEncoder
 from .modules.clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder, clip_kwargs_from_arch, tokenize
@@ -34,6 +35,10 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+class VAEPrecisionError(CamI2VError, FloatingPointError):
+    """The VAE's output left the range of its dtype (fp16 tops out at 65504); the message names the dtype to use."""
 
 
 class DiffusionWrapper(nn.Module):
@@ -91,6 +96,16 @@ class CamI2VModel(nn.Module):
         """Floating dtype of the UNet weights."""
         return next(self.model.parameters()).dtype
 
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """Floating dtype of the VAE weights: the UNet's unless loaded with another `vae_dtype`."""
+        return next(self.first_stage_model.parameters()).dtype
+
+    def set_vae_dtype(self, dtype: str | torch.dtype | None) -> "CamI2VModel":
+        """Cast the VAE alone to 'fp32' / 'fp16' / 'bf16' (None: the UNet's dtype); the rest keeps its dtype."""
+        self.first_stage_model.to(parse_dtype(dtype) or self.dtype)
+        return self
+
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Text context of the OpenCLIP text tower (penultimate layer + ln_final, spec §3.1). -> [B,77,C]"""
         if isinstance(prompts, str):
@@ -105,18 +120,26 @@ class CamI2VModel(nn.Module):
 
     def encode_first_stage(self, x: torch.Tensor, noise: torch.Tensor | None = None,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled VAE posterior sample (spec §3.4). [N,3,H,W] in [-1,1] -> 0.18215 * z [N,4,h,w]"""
-        mean, logvar = self.first_stage_model.encode(x.to(self.device, self.dtype))
+        """Scaled VAE posterior sample (spec §3.4). [N,3,H,W] in [-1,1] -> 0.18215 * z [N,4,h,w] in the UNet's dtype"""
+        mean, logvar = self.first_stage_model.encode(x.to(self.device, self.vae_dtype))
         if noise is None:
             # The original draws the posterior noise in float32 on the CPU and then moves it (spec §7.7); drawing
             # on the generator's device with the same shape keeps a seeded CPU generator bit-compatible.
             gen_device = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=torch.float32)
-        return self.scale_factor * posterior_sample(mean, logvar, noise)
+        # the UNet's input (c_concat) whatever the VAE's dtype
+        return (self.scale_factor * posterior_sample(mean, logvar, noise)).to(self.dtype)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        """VAE decode of a scaled latent, frames independent. [N,4,h,w] -> [N,3,H,W] in about [-1,1]"""
-        return self.first_stage_model.decode(z.to(self.device, self.dtype) / self.scale_factor)
+        """VAE decode of a scaled latent, frames independent. [N,4,h,w] -> [N,3,H,W] in about [-1,1] (VAE dtype)"""
+        dtype = self.vae_dtype
+        pixels = self.first_stage_model.decode(z.to(self.device, dtype) / self.scale_factor)
+        # Only fp16 can overflow (bf16 has fp32's range); checked here, once per decoded chunk, never per step.
+        if dtype == torch.float16 and not bool(torch.isfinite(pixels).all()):
+            raise VAEPrecisionError("the VAE decode overflowed in fp16 (values past 65504 became inf/NaN); load "
+                                    "the model with vae_dtype='bf16' (or 'fp32' on GPUs without bf16), "
+                                    "`--vae-dtype bf16` on the command line")
+        return pixels
 
     def prepare_camera(self, w2c: torch.Tensor, K: torch.Tensor, cond_frame_index: torch.Tensor,
                        trace_scale: float = 1.0, generator: torch.Generator | None = None,
@@ -258,26 +281,34 @@ def _finish(model: CamI2VModel, device, dtype) -> CamI2VModel:
 
 
 def build_model(preset_or_yaml: str | os.PathLike | ModelConfig | dict, device: str | torch.device | None = None,
-                dtype: str | torch.dtype | None = None) -> CamI2VModel:
-    """A freshly initialised model from a preset name, original YAML, JSON or ModelConfig (device='meta' is free)."""
+                dtype: str | torch.dtype | None = None, vae_dtype: str | torch.dtype | None = None) -> CamI2VModel:
+    """A freshly initialised model from a preset name, original YAML, JSON or ModelConfig (device='meta' is free).
+
+    vae_dtype: the VAE's own dtype (None: the model's), as in `load_model`."""
     config = resolve_config(preset_or_yaml)
+    vae_dtype = parse_dtype(vae_dtype)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = CamI2VModel(config)
-    return _finish(model, None, parse_dtype(dtype))
+    model = _finish(model, None, parse_dtype(dtype))
+    return model.set_vae_dtype(vae_dtype) if vae_dtype is not None else model
 
 
 def load_model(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                config: str | os.PathLike | ModelConfig | None = None,
                base: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
-               search_dirs: tuple[str | os.PathLike, ...] | list = ()) -> CamI2VModel:
+               search_dirs: tuple[str | os.PathLike, ...] | list = (),
+               vae_dtype: str | torch.dtype | None = None) -> CamI2VModel:
     """Build the model a checkpoint holds and load it strictly (config from the file header, else detected).
 
     dtype None keeps the stored dtype (the released .pt files are fp16); 'fp32' / 'fp16' / 'bf16' cast on load.
+    vae_dtype: the VAE's dtype (None: the same as the model). bf16 has fp32's range at half the memory; in fp16
+    the VAE's attention runs in fp32 (modules/vae.py) and a decode that still overflows raises VAEPrecisionError.
     A partial file (RealCam-I2V's camera layers) is merged over its DynamiCrafter base: `base` when given, else the
     one found next to it or in `search_dirs` (checkpoint.base_candidates); without one it is a CheckpointError.
     """
     dtype = parse_dtype(dtype)
+    vae_dtype = parse_dtype(vae_dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
     source = "the given state dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
     sd, metadata, partial = load_with_base(path_or_state_dict, base=base, search_dirs=search_dirs, dtype=dtype,
@@ -295,7 +326,8 @@ def load_model(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor
         # The original recomputes the schedule after loading when zero-terminal-SNR is on (spec §1.2 step 3);
         # 256 models keep the (fp16-rounded) buffers of the file.
         model.register_schedule()
-    return _finish(model, device, dtype or _dominant_dtype(sd))
+    model = _finish(model, device, dtype or _dominant_dtype(sd))
+    return model.set_vae_dtype(vae_dtype) if vae_dtype is not None else model
 
 
 def _dominant_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype:
@@ -312,4 +344,4 @@ def _model_name(cfg: ModelConfig) -> str:
     return f"{cfg.variant} {h}x{w}"
 
 
-__all__ = ["CamI2VModel", "build_model", "load_model", "schedule_buffers", "SCHEDULE_BUFFERS"]
+__all__ = ["CamI2VModel", "build_model", "load_model", "schedule_buffers", "SCHEDULE_BUFFERS", "VAEPrecisionError"]

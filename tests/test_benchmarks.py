@@ -97,3 +97,102 @@ def test_quick_defaults_and_bad_options():
         cli.settings_from_args(cli.parse_args(["--device", "cpu", "--models", "cami2v,sora"]))
     with pytest.raises(SystemExit, match="1..16"):
         cli.settings_from_args(cli.parse_args(["--device", "cpu", "--frames", "17"]))
+
+
+# -- python -m benchmarks.gpu_check --cpu-dry-run --------------------------------------------------------------------
+
+def _dry_cases():
+    """The (section, case) rows the dry run's plan makes, in order (tiny and tiny-wide sizes, fp32 and bf16)."""
+    from cami2v_core.modules.attention import BACKENDS
+    from cami2v_core.modules.epipolar import KERNELS
+
+    cases = [("environment", c) for c in ("torch", "device", "optional kernels")]
+    cases.append(("numerics", "cpu fp32 reference"))
+    for dtype in ("fp32", "bf16"):
+        cases += [("numerics", f"cpu {dtype} {c}") for c in ("text+image encoders", "unet eps dense",
+                                                             "unet eps gathered", "vae decode", "sampling 2 steps")]
+    cases += [("attention", f"backend {b}") for b in BACKENDS] + [("attention", "sdpa kernels")]
+    levels = [("64x64x8 tiny", 8), ("64x64x8 tiny", 16), ("64x128x8 tiny", 16), ("64x128x8 tiny", 32)]
+    for label, stride in levels:
+        cases += [("epipolar", f"{label} stride {stride} kernel {k}") for k in KERNELS[::-1]]
+        if (label, stride) == levels[-1]:
+            cases += [("epipolar", f"64x128x8 tiny top level unmasked {c}") for c in ("sdpa", "math backend")]
+    for label in ("64x64x8 tiny", "64x128x8 tiny"):
+        cases += [("speed", f"{label} {c}") for c in ("build", "dynamicrafter 2 steps", "cami2v auto 2 steps",
+                                                      "cami2v dense 2 steps", "cami2v auto / dynamicrafter",
+                                                      "cami2v dense / dynamicrafter")]
+    for label in ("64x64x8 tiny", "64x128x8 tiny"):
+        cases.append(("vram", f"{label} whole model build"))
+        for mode in ("keep_loaded", "offload"):
+            cases += [("vram", f"{label} {mode} {phase}") for phase in ("encode", "sample", "decode", "peak")]
+    return cases
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    from benchmarks import gpu_check
+
+    out = tmp_path_factory.mktemp("gpu_check")
+    # a generous budget: this checks the table, not the speed of a shared CI machine (55 s is the default)
+    assert gpu_check.main(["--cpu-dry-run", "--budget", "400", "--out", str(out)]) == 0
+    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.txt").read_text()
+
+
+def test_dry_run_table_has_every_row_and_column(dry_run):
+    from benchmarks.gpu_check import COLUMNS, STATUSES, parse_table
+
+    report, text = dry_run
+    columns, rows = parse_table(text)
+    assert tuple(columns) == COLUMNS == tuple(report["columns"])
+    assert [(r["section"], r["case"]) for r in rows] == _dry_cases()
+    assert [(r["section"], r["case"]) for r in report["rows"]] == _dry_cases()
+    assert all(r["status"] in STATUSES for r in report["rows"])
+    failed = [r for r in report["rows"] if r["status"] in ("error", "oom", "timeout")]
+    assert not failed, failed
+    skipped = {r["case"] for r in report["rows"] if r["status"] == "skipped"}
+    assert skipped <= {"backend xformers", "sdpa kernels", "64x128x8 tiny top level unmasked math backend"}
+
+
+def test_dry_run_numbers_are_consistent(dry_run):
+    report, _ = dry_run
+    rows = {(r["section"], r["case"]): r for r in report["rows"]}
+    # the CPU fp32 run is the reference itself; bf16 differs, within its bound
+    assert rows["numerics", "cpu fp32 unet eps dense"]["diff"] == 0
+    assert rows["numerics", "cpu fp32 unet eps gathered"]["diff"] < 1e-5  # the other kernel, same maths
+    for case in ("unet eps dense", "unet eps gathered", "vae decode", "text+image encoders"):
+        row = rows["numerics", f"cpu bf16 {case}"]
+        assert 0 < row["diff"] and row["status"] == "ok", row
+    for kernel in ("gathered", "auto"):
+        assert rows["epipolar", f"64x64x8 tiny stride 8 kernel {kernel}"]["diff"] < 1e-5
+    for label in ("64x64x8 tiny", "64x128x8 tiny"):
+        ratio = rows["speed", f"{label} cami2v dense / dynamicrafter"]["value"]
+        assert ratio == pytest.approx(rows["speed", f"{label} cami2v dense 2 steps"]["value"] /
+                                      rows["speed", f"{label} dynamicrafter 2 steps"]["value"])
+        for mode in ("keep_loaded", "offload"):
+            phases = [rows["vram", f"{label} {mode} {p}"]["value"] for p in ("encode", "sample", "decode")]
+            assert rows["vram", f"{label} {mode} peak"]["value"] == max(phases)
+    assert report["settings"]["dry"] and report["settings"]["steps"] == 2
+    # the unmasked level's math backend is judged from its size (scores and softmax against free memory), not run
+    math_row = rows["epipolar", "64x128x8 tiny top level unmasked math backend"]
+    assert math_row["details"]["score_bytes"] == 2 * 2 * 1024 ** 2 * 4  # batch 2, 2 heads, (8 x 8x16 cells)^2, fp32
+    assert math_row["note"].startswith("fits the free memory")
+
+
+def test_gpu_check_sections_run_in_their_own_processes(tmp_path):
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--cpu-dry-run", "--isolate", "--sections", "environment", "--budget", "200",
+                           "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["case"] for r in report["rows"]] == ["torch", "device", "optional kernels"]
+    assert not list(tmp_path.glob("rows_*.jsonl"))  # the child's rows were gathered and its file removed
+
+
+def test_gpu_check_refuses_bad_options():
+    from benchmarks import gpu_check
+
+    with pytest.raises(SystemExit, match="vram"):
+        gpu_check.main(["--cpu-dry-run", "--sections", "numerics,warp"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--cpu-dry-run"):
+            gpu_check.main([])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cami2v_core.modules.camera_encoder import CameraPoseEncoder
+from tests.devices import is_default
 from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_json, load_tensors, require
 
 PREFIX = "pose_encoder."
@@ -79,13 +80,19 @@ def _plucker_float64(rel_c2w: torch.Tensor, K: torch.Tensor, height: int, width:
 # -- golden parity ---------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def test_pose_features_match_golden_fp32(encoder, fixture_c):
-    features = encoder(_golden_plucker(fixture_c))
+def test_pose_features_match_golden_fp32(encoder, fixture_c, tiny, device, dtype, tolerance):
+    model = encoder
+    if not is_default(device, dtype):  # the same weights on --device in --dtype
+        model = CameraPoseEncoder(**tiny).eval()
+        model.load_state_dict(encoder.state_dict())
+        model = model.to(device, dtype)
+    features = [f.float().cpu() for f in model(_golden_plucker(fixture_c).to(device, dtype))]
     assert len(features) == len([k for k in fixture_c if k.startswith("camera.pose_features.")])
     for level, feature in enumerate(features):
         expected = fixture_c[f"camera.pose_features.{level}"]
         assert feature.shape == expected.shape
-        torch.testing.assert_close(feature, expected, rtol=0, atol=ATOL_FP32)
+        torch.testing.assert_close(feature, expected, **tolerance(dtype, atol=ATOL_FP32, rtol=0,
+                                                                  scale=float(expected.abs().max())))
 
 
 @torch.no_grad()

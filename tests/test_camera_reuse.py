@@ -90,3 +90,76 @@ def test_auto_keeps_small_masks_dense_in_the_condition(counted):
     cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
     assert all(torch.is_tensor(m) and m.dtype == torch.bool for m in cond.camera.epipolar_masks.values())
     assert counters["layouts"].calls == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: the off-CPU path (additive bias), without a GPU
+def test_dense_masks_are_padded_and_biased_once_per_video(counted, monkeypatch, device):
+    """The dense kernel's mask (register columns padded; off the CPU an additive bias) is made once per camera path
+    and dtype, then handed to every block of every step and branch as a view, not rebuilt per UNet call."""
+    from cami2v_core.pipeline import make_denoiser
+
+    model, _ = counted
+    epi.set_kernel("dense")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    builds = Counter(epi._final_dense_form)
+    monkeypatch.setattr(epi, "_final_dense_form", builds)
+    forms = []
+    calls = Counter(epi.dense_attention_mask)
+
+    def dense_attention_mask(*args, **kwargs):
+        out = calls(*args, **kwargs)
+        forms.append(out)
+        return out
+
+    monkeypatch.setattr(epi, "dense_attention_mask", dense_attention_mask)
+    if device == "meta":
+        import copy
+
+        model = copy.deepcopy(model).to("meta")
+        cond = cond.__class__(**{**cond.__dict__, "context": {k: v.to("meta") for k, v in cond.context.items()},
+                                 "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
+                                 "camera": cond.camera.to("meta")})
+    denoise = make_denoiser(model, cond)
+    x = torch.randn(1, 4, 8, 8, 8).to(device)
+    with torch.no_grad():
+        for step in range(3):  # three steps, the two guidance branches batched
+            denoise(x, torch.tensor([900 - 300 * step], device=device), ("cond", "uncond"))
+    levels = len(cond.camera.epipolar_masks)
+    blocks = sum(1 for m in model.modules() if isinstance(m, epi.EpipolarAttention))
+    assert calls.calls == 3 * blocks  # every block of every step asked for the mask ...
+    assert builds.calls == levels  # ... which was built once per level (one video: one form per level)
+    assert len({id(f._base) for f in forms}) == levels  # and handed out as views of those
+    assert all(f.shape[0] == 2 and f.stride(0) == 0 for f in forms)  # the two branches share one video's form
+    if device == "meta":  # off the CPU: an additive bias in the UNet's dtype, rows aligned for SDPA's kernels
+        assert all(f.dtype == torch.float32 and f.stride(1) % epi.BIAS_ALIGN == 0 for f in forms)
+    else:  # on the CPU: the padded bool mask, as ever
+        assert all(f.dtype == torch.bool and bool(f[..., :4].all()) for f in forms)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "gathered"])
+def test_step_loop_reads_no_value_off_the_cpu(kernel):
+    """The denoising loop (UNet with its camera condition, guidance, DDIM update) never asks the device for a value:
+    on CUDA each such read (.item(), bool(), .tolist(), .nonzero()) waits for every queued kernel. On the meta
+    device, whose tensors have no values, any read raises, so running the loop there proves there is none."""
+    import copy
+
+    from cami2v_core.pipeline import make_denoiser
+    from cami2v_core.sampling import Guidance, make_ddim_schedule, sample_ddim
+
+    epi.set_kernel(kernel)
+    model = _tiny_model("cami2v")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley",
+                               branches=("cond", "uncond", "nocam"))
+    schedule = make_ddim_schedule(model.alphas_cumprod, 2, eta=1.0)
+    meta = copy.deepcopy(model).to("meta")
+    cond = cond.__class__(**{**cond.__dict__, "context": {k: v.to("meta") for k, v in cond.context.items()},
+                             "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
+                             "camera": cond.camera.to("meta")})
+    kinds = {type(m) for m in cond.camera.epipolar_masks.values()}
+    assert kinds == {EpipolarBlockMask if kernel == "gathered" else torch.Tensor}
+    x_T = torch.randn(1, 4, 8, 8, 8).to("meta")
+    with torch.no_grad():
+        guidance = Guidance(cfg_text=5.0, cfg_camera=2.0, rescale=0.7)
+        out = sample_ddim(make_denoiser(meta, cond), x_T, schedule, guidance,
+                          generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == x_T.shape

@@ -22,6 +22,7 @@ from cami2v_core.errors import CamI2VError
 from cami2v_core.modules import epipolar as epi
 from cami2v_core.modules.epipolar_sparse import (EpipolarBlockMask, attention_with_lse, attention_with_lse_math,
                                                  build_layout, cached_block_mask, gathered_attention)
+from tests.devices import is_default
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +61,17 @@ def epipolar_masks(frames=4, size=64, strides=(8, 16), seed=0, kind="orbit"):
     return masks
 
 
-def random_qkv(B, L, h=2, d=8, R=4, seed=0, dtype=torch.float32):
+def random_qkv(B, L, h=2, d=8, R=4, seed=0, dtype=torch.float32, device="cpu"):
+    """q, k, v [B, L, h, d] and register keys/values [R, h, d], drawn on the CPU (the same numbers on any device)."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, L, h, d, generator=g).to(dtype) for _ in range(3))
-    rk, rv = (torch.randn(R, h, d, generator=g).to(dtype) for _ in range(2))
+    q, k, v = (torch.randn(B, L, h, d, generator=g).to(device, dtype) for _ in range(3))
+    rk, rv = (torch.randn(R, h, d, generator=g).to(device, dtype) for _ in range(2))
     return q, k, v, rk, rv
+
+
+def on_cpu(*tensors):
+    """The tensors on the CPU (the dense references are computed there)."""
+    return tuple(t.cpu() for t in tensors)
 
 
 # -- the layout ---------------------------------------------------------------------------------------------------
@@ -163,61 +170,67 @@ def test_gathering_skips_most_pairs_of_a_sparse_mask():
 @pytest.mark.parametrize("layout", ["split", "once", "merged"])
 @pytest.mark.parametrize("kind", ["orbit", "zoom", "static"])
 @pytest.mark.parametrize("stride", [8, 16])
-def test_gathered_attention_equals_dense_on_epipolar_masks(kind, stride, layout):
+def test_gathered_attention_equals_dense_on_epipolar_masks(kind, stride, layout, device):
     mask = epipolar_masks(kind=kind)[stride]
     L = mask.shape[-1]
-    q, k, v, rk, rv = random_qkv(1, L, dtype=torch.float64)
-    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask, frames=4, group_size=8, kind=layout))
-    torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
+    qkv = random_qkv(1, L, dtype=torch.float64, device=device)
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=8, kind=layout).to(device)
+    out = gathered_attention(*qkv, blocks)
+    torch.testing.assert_close(out.cpu(), dense_reference(*on_cpu(*qkv), mask), atol=1e-12, rtol=0)
 
 
 @settings(max_examples=60, deadline=None)
 @given(frames=st.integers(1, 4), cells=st.integers(1, 12), group=st.integers(1, 9), density=st.floats(0, 1),
        batch=st.integers(1, 3), registers=st.integers(1, 4), seed=st.integers(0, 2 ** 16),
        layout=st.sampled_from(["split", "once", "merged", "auto"]))
-def test_gathered_attention_equals_dense_on_any_mask(frames, cells, group, density, batch, registers, seed, layout):
+def test_gathered_attention_equals_dense_on_any_mask(frames, cells, group, density, batch, registers, seed, layout,
+                                                    device):
     g = torch.Generator().manual_seed(seed)
     L = frames * cells
     mask = torch.rand(batch, L, L, generator=g) < density  # includes empty rows, empty frames and full rows
     if batch > 1:
         mask[-1] = mask[0]  # one shared mask in the batch
-    q, k, v, rk, rv = random_qkv(batch, L, R=registers, seed=seed, dtype=torch.float64)
+    qkv = random_qkv(batch, L, R=registers, seed=seed, dtype=torch.float64, device=device)
     blocks = EpipolarBlockMask.from_dense(mask, frames=frames, group_size=group, block_rows=3 * group, kind=layout)
     assert torch.equal(blocks.to_dense(), mask)
-    out = gathered_attention(q, k, v, rk, rv, blocks)
-    torch.testing.assert_close(out, dense_reference(q, k, v, rk, rv, mask), atol=1e-12, rtol=0)
+    out = gathered_attention(*qkv, blocks.to(device))
+    torch.testing.assert_close(out.cpu(), dense_reference(*on_cpu(*qkv), mask), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("layout", ["split", "once", "merged"])
-def test_float32_path_matches_reference(layout):
+def test_float32_path_matches_reference(layout, device, dtype, tolerance):
     mask = epipolar_masks(frames=4, size=128, strides=(8,))[8]  # 1024 tokens
-    q, k, v, rk, rv = random_qkv(2, mask.shape[-1], h=3, d=16)
+    qkv = random_qkv(2, mask.shape[-1], h=3, d=16, dtype=dtype, device=device)
     mask2 = mask.expand(2, -1, -1)
-    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask2, frames=4, kind=layout))
-    torch.testing.assert_close(out.double(), dense_reference(q, k, v, rk, rv, mask2), atol=2e-6, rtol=0)
+    out = gathered_attention(*qkv, EpipolarBlockMask.from_dense(mask2, frames=4, kind=layout).to(device))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double().cpu(), dense_reference(*on_cpu(*qkv), mask2),
+                               **tolerance(dtype, atol=2e-6, rtol=0))
 
 
 @pytest.mark.parametrize("layout", ["split", "once", "merged"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_matches_reference(dtype, layout):
+def test_half_precision_matches_reference(dtype, layout, device):
     mask = epipolar_masks()[8]
-    q, k, v, rk, rv = random_qkv(1, mask.shape[-1], dtype=dtype)
-    out = gathered_attention(q, k, v, rk, rv, EpipolarBlockMask.from_dense(mask, frames=4, group_size=16,
-                                                                           kind=layout))
+    qkv = random_qkv(1, mask.shape[-1], dtype=dtype, device=device)
+    out = gathered_attention(*qkv, EpipolarBlockMask.from_dense(mask, frames=4, group_size=16,
+                                                                kind=layout).to(device))
     assert out.dtype == dtype
-    ref = dense_reference(q, k, v, rk, rv, mask)
-    torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=0)
+    ref = dense_reference(*on_cpu(*qkv), mask)
+    torch.testing.assert_close(out.double().cpu(), ref, atol=3e-2, rtol=0)
 
 
-def test_lse_kernels_agree():
+def test_lse_kernels_agree(device, dtype, tolerance):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(5, 2, 7, 8, generator=g) for _ in range(3))
     mask = torch.rand(5, 1, 7, 7, generator=g) > 0.6
     mask[..., 2] = True
-    out, lse = attention_with_lse(q, k, v, mask, 0.25)
-    ref_out, ref_lse = attention_with_lse_math(q.double(), k.double(), v.double(), mask, 0.25)
-    torch.testing.assert_close(out.double(), ref_out, atol=1e-6, rtol=0)
-    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-6, rtol=0)
+    out, lse = attention_with_lse(*(t.to(device, dtype) for t in (q, k, v)), mask.to(device), 0.25)
+    assert out.dtype == dtype and lse.dtype == torch.float32  # softmax statistics in fp32 for half inputs too
+    q, k, v = (t.to(dtype).double() for t in (q, k, v))  # the reference sees the same rounded inputs
+    ref_out, ref_lse = attention_with_lse_math(q, k, v, mask, 0.25)
+    torch.testing.assert_close(out.double().cpu(), ref_out, **tolerance(dtype, atol=1e-6, rtol=0))
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, **tolerance(dtype, atol=1e-6, rtol=0, scale=4))
     # the log-sum-exp is that of the masked, scaled scores
     scores = (q.double() @ k.double().transpose(-1, -2) * 0.25).masked_fill(~mask, -math.inf)
     torch.testing.assert_close(ref_lse, scores.logsumexp(-1), atol=1e-12, rtol=0)
@@ -225,33 +238,42 @@ def test_lse_kernels_agree():
 
 # -- the module, the cache and the camera condition ----------------------------------------------------------------
 
-def epipolar_module(dim=32, heads=2, registers=4, seed=0):
+def epipolar_module(dim=32, heads=2, registers=4, seed=0, device="cpu", dtype=torch.float32):
     torch.manual_seed(seed)
     module = epi.EpipolarAttention(dim, heads, origin_h=64, num_register_tokens=registers).eval()
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.3)  # the zero-initialised output layer would hide every difference
-    return module
+    return module.to(device, dtype)
 
 
 def run_module(module, mask, batch, frames=4, cells=64, seed=1):
-    x = torch.randn(batch * cells, frames, module.epipolar_attn.to_q.in_features,
-                    generator=torch.Generator().manual_seed(seed))
+    """The block on random host tokens [(B hw), T, C] drawn on the CPU -> its output on the module's device."""
+    weight = module.epipolar_attn.to_q.weight
+    x = torch.randn(batch * cells, frames, weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    if mask is not None:
+        mask = mask.to(weight.device)
     with torch.no_grad():
-        return module(x, mask, batch)
+        return module(x.to(weight.device, weight.dtype), mask, batch)
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_module_kernels_agree(padded):
+def test_module_kernels_agree(padded, device, dtype, tolerance):
     mask = epipolar_masks()[8].expand(2, -1, -1)  # two guidance branches sharing one camera
     if padded:  # the [B, L, R+L] form with the register columns first
         mask = torch.cat([torch.ones(2, mask.shape[1], 4, dtype=torch.bool), mask], dim=-1)
-    module = epipolar_module()
+    module = epipolar_module(device=device, dtype=dtype)
     epi.set_kernel("dense")
     dense = run_module(module, mask, batch=2)
     epi.set_kernel("gathered")
     gathered = run_module(module, mask, batch=2)
-    torch.testing.assert_close(gathered, dense, atol=1e-5, rtol=1e-5)
+    assert gathered.dtype == dtype and gathered.device.type == device.type
+    # both against the CPU fp32 dense result (the reference), each kernel within the dtype's rounding
+    reference = dense if is_default(device, dtype) else run_module(epipolar_module(), mask.cpu(), batch=2)
+    scale = float(reference.abs().max())
+    for out in (dense, gathered):
+        torch.testing.assert_close(out.float().cpu(), reference, **tolerance(dtype, atol=1e-5, rtol=1e-5,
+                                                                             scale=scale))
 
 
 def test_auto_kernel_gathers_large_sparse_masks_and_keeps_small_ones_dense():
@@ -305,16 +327,18 @@ def test_block_mask_follows_camera_condition_batch_operations():
     assert cond_compact.batch_size == 2
 
 
-def test_unet_level_paths_agree_through_the_router():
+def test_unet_level_paths_agree_through_the_router(device, dtype, tolerance):
     """The mask a UNet block receives (lookup + pad) gives the same epipolar output in both kernels."""
-    masks = epipolar_masks()
-    module = epipolar_module()
+    masks = {stride: m.to(device) for stride, m in epipolar_masks().items()}
+    module = epipolar_module(device=device, dtype=dtype)
     outputs = {}
     for kernel in ("dense", "gathered"):
         epi.set_kernel(kernel)
         mask = epi.pad_register_columns(epi.lookup_mask(masks, 64, 8), 4)
-        outputs[kernel] = run_module(module, mask, batch=1)
-    torch.testing.assert_close(outputs["gathered"], outputs["dense"], atol=1e-5, rtol=1e-5)
+        outputs[kernel] = run_module(module, mask, batch=1).float()
+    scale = float(outputs["dense"].abs().max())
+    torch.testing.assert_close(outputs["gathered"], outputs["dense"], **tolerance(dtype, atol=1e-5, rtol=1e-5,
+                                                                                  scale=scale))
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------
@@ -418,7 +442,7 @@ def test_gathered_attention_on_reference_frame_masks(kind, cond, layout):
 
 @pytest.mark.parametrize("kernel", ["dense", "gathered", "auto"])
 @pytest.mark.parametrize("block_form", [False, True])
-def test_reference_frame_module_equals_the_original_formulation(kernel, block_form):
+def test_reference_frame_module_equals_the_original_formulation(kernel, block_form, device, dtype, tolerance):
     batch, frames, cells = 2, 4, 64
     cond = torch.tensor([1, 3])
     full = torch.cat([epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]])
@@ -428,11 +452,13 @@ def test_reference_frame_module_equals_the_original_formulation(kernel, block_fo
     given = EpipolarBlockMask.from_dense(mask, frames=frames) if block_form else mask
     x = torch.randn(batch * cells, frames, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        got = module(x, given, batch)
         key_index = torch.stack([torch.arange(cells) + c * cells for c in cond.tolist()])  # [B, hw]
         allowed = torch.stack([full[b][:, key_index[b]] for b in range(batch)])  # CamI2V's columns of that frame
-        expected = original_formulation(module, x, batch, key_index, allowed)
-    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+        expected = original_formulation(module, x, batch, key_index, allowed)  # float64 on the CPU
+        got = module.to(device, dtype)(x.to(device, dtype), given.to(device), batch)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double().cpu(), expected, **tolerance(dtype, atol=1e-5, rtol=1e-5,
+                                                                         scale=float(expected.abs().max())))
 
 
 @pytest.mark.parametrize("kernel", ["dense", "gathered", "auto"])
@@ -460,3 +486,61 @@ def test_reference_frame_module_refuses_to_run_unmasked():
     with pytest.raises(epi.EpipolarMaskError, match="only_on_cond_frame"):
         run_module(module, None, batch=1)
     assert isinstance(epi.EpipolarMaskError("x"), CamI2VError)
+
+
+# -- the dense kernel's final form, built once per mask (issue 19) --------------------------------------------------
+
+def test_dense_form_gives_the_same_numbers_as_padding_per_call():
+    mask = epipolar_masks()[8]
+    branches = mask.expand(2, -1, -1)  # two guidance branches of one video: views of one mask
+    form = epi.dense_attention_mask(branches, 4, torch.float32)
+    assert form.shape == (2, 256, 260) and form.dtype == torch.bool and form.stride(0) == 0
+    assert torch.equal(form, torch.cat([torch.ones(2, 256, 4, dtype=torch.bool), branches], -1))
+    assert epi.dense_attention_mask(branches, 4, torch.float32)._base is form._base  # cached: built once
+    # an in-place change of the mask rebuilds it
+    changed = mask.clone()
+    before = epi.dense_attention_mask(changed, 4, torch.float32)
+    changed[0, 0, :] = ~changed[0, 0, :]
+    after = epi.dense_attention_mask(changed, 4, torch.float32)
+    assert torch.equal(after[..., 4:], changed) and not torch.equal(before, after)
+    # distinct videos in one batch each get theirs
+    pair = torch.cat([epipolar_masks(kind="orbit")[8], epipolar_masks(kind="zoom")[8]])
+    assert torch.equal(epi.dense_attention_mask(pair, 4, torch.float32)[..., 4:], pair)
+
+
+def test_dense_bias_gives_the_same_attention_as_the_bool_mask():
+    mask = epipolar_masks()[8][0]
+    bias = epi._final_dense_form(mask, 4, torch.float32)  # the form off the CPU, built here by hand
+    assert bias.shape == (256, 260) and bias.stride(0) % epi.BIAS_ALIGN == 0
+    padded = epi._final_dense_form(mask, 4, None)
+    assert torch.equal(bias == 0, padded) and bool(torch.isneginf(bias[~padded]).all())
+    attn = epipolar_module().epipolar_attn
+    x = torch.randn(2, 256, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, bias.expand(2, -1, -1)), attn(x, mask.expand(2, -1, -1)),
+                                   atol=1e-6, rtol=1e-6)
+
+
+# -- no host syncs: the step loop's kernels run on the meta device, where reading any value raises ----------------
+
+@pytest.mark.parametrize("layout", ["split", "once", "merged"])
+def test_gathered_attention_reads_no_value_off_the_cpu(layout):
+    """Off the CPU the gathered kernel never asks the device for a value (bool(), .item(), .tolist() would wait
+    for the device every layer): on meta tensors, which have none, it runs through."""
+    mask = epipolar_masks()[8]
+    blocks = EpipolarBlockMask.from_dense(mask, frames=4, group_size=8, kind=layout).to("meta")
+    qkv = [t.to("meta") for t in random_qkv(2, mask.shape[-1])]
+    out = gathered_attention(*qkv, blocks.repeat_batch(2))
+    assert out.device.type == "meta" and out.shape == qkv[0].shape
+
+
+@pytest.mark.parametrize("kernel", ["dense", "gathered"])
+def test_epipolar_block_reads_no_value_off_the_cpu(kernel):
+    epi.set_kernel(kernel)
+    compact = epi.compact_masks({8: epipolar_masks()[8]}, frames=4, num_register_tokens=4)[8]
+    assert isinstance(compact, EpipolarBlockMask if kernel == "gathered" else torch.Tensor)
+    module = epipolar_module().to("meta")
+    x = torch.randn(2 * 64, 4, 32, device="meta")
+    with torch.no_grad():
+        out = module(x, compact.to("meta").expand(2, -1, -1), 2)
+    assert out.device.type == "meta" and out.shape == x.shape

@@ -272,3 +272,56 @@ def _metadata(rel: str) -> dict:
 
     with safe_open(str(require(GOLDEN_DIR / rel)), "pt") as f:
         return f.metadata()
+
+
+# -- the VAE's own dtype ---------------------------------------------------------------------------------------------
+
+def test_vae_dtype_defaults_to_the_models():
+    model = load_model(golden_state_dict("cami2v"), dtype="bf16")
+    assert model.vae_dtype == model.dtype == torch.bfloat16
+    assert load_model(golden_state_dict("cami2v")).vae_dtype == torch.float32
+    assert build_model("tiny", dtype="fp16").vae_dtype == torch.float16
+    assert build_model("tiny", vae_dtype="bf16").vae_dtype == torch.bfloat16
+
+
+@torch.no_grad()
+def test_bf16_vae_decodes_like_the_fp32_one_and_leaves_the_rest_in_fp32():
+    reference = load_model(golden_state_dict("cami2v"))
+    model = load_model(golden_state_dict("cami2v"), vae_dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in model.first_stage_model.parameters())
+    others = [p for n, p in model.named_parameters() if not n.startswith("first_stage_model.")]
+    assert others and all(p.dtype == torch.float32 for p in others)
+    golden = load_tensors("vae/vae_tiny.safetensors")
+    z = golden["decode_input_latent_scaled"].permute(0, 2, 1, 3, 4).flatten(0, 1)  # [(b t), 4, h, w], scaled
+    want = reference.decode_first_stage(z)
+    got = model.decode_first_stage(z)
+    assert got.dtype == torch.bfloat16 and want.dtype == torch.float32
+    from tests.devices import tolerance
+
+    torch.testing.assert_close(got.float(), want, **tolerance(torch.bfloat16, atol=0, rtol=0,
+                                                              scale=float(want.abs().max())))
+    assert not torch.equal(got.float(), want)  # the bf16 VAE really ran
+    # encoding: the latent comes back in the UNet's dtype (it is the UNet's c_concat), close to the fp32 one
+    pixels = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    z_ref, z_bf16 = reference.encode_first_stage(pixels, noise), model.encode_first_stage(pixels, noise)
+    assert z_bf16.dtype == torch.float32
+    torch.testing.assert_close(z_bf16, z_ref, **tolerance(torch.bfloat16, atol=0, rtol=0,
+                                                          scale=float(z_ref.abs().max())))
+
+
+def test_fp16_decode_that_overflows_is_explained():
+    from cami2v_core.errors import CamI2VError
+    from cami2v_core.model import VAEPrecisionError
+
+    model = load_model(golden_state_dict("cami2v"), vae_dtype="fp16")
+    z = torch.full((1, 4, 8, 8), 2e4)  # / 0.18215 is past fp16's 65504 before the first conv
+    with pytest.raises(VAEPrecisionError, match="vae_dtype='bf16'") as caught:
+        model.decode_first_stage(z)
+    assert isinstance(caught.value, CamI2VError)
+    assert torch.isfinite(load_model(golden_state_dict("cami2v"), vae_dtype="bf16").decode_first_stage(z)).all()
+
+
+def test_bad_vae_dtype_names_the_choices():
+    with pytest.raises(CheckpointError, match="unknown dtype .fp8.; choose one of fp32"):
+        load_model(golden_state_dict("cami2v"), vae_dtype="fp8")

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from cami2v_core.modules.epipolar import EpipolarAttention
 from cami2v_core.modules.unet import UNetModel, timestep_embedding
+from tests.devices import assert_network_close, is_default
 from tests.golden import (GOLDEN_DIR, KEYS_DIR, REFERENCE_DIR, golden_state_dict, load_json, load_tensors, require,
                           unpack_mask)
 
@@ -56,6 +57,13 @@ def cami2v_camera(g, pose_file=None):
                            epipolar_masks=golden_masks(g), rt=None, origin_h=64)
 
 
+def camera_on(camera, device, dtype):
+    """The same camera condition with pose features on `device` in `dtype` and masks on `device`."""
+    return SimpleNamespace(pose_features=[f.to(device, dtype) for f in camera.pose_features],
+                           epipolar_masks={d: m.to(device) for d, m in camera.epipolar_masks.items()},
+                           rt=camera.rt, origin_h=camera.origin_h)
+
+
 def assert_close(actual, expected, atol, what):
     err = (actual.double() - expected.double()).abs().max().item()
     assert actual.shape == expected.shape, f"{what}: shape {list(actual.shape)} != {list(expected.shape)}"
@@ -82,14 +90,29 @@ def cami2v_run(fixture_c):
     return SimpleNamespace(unet=unet, eps=eps, eps_nocam=eps_nocam, blocks=blocks, internals=internals)
 
 
-def test_cami2v_eps_matches_original(cami2v_run, fixture_c):
-    assert_close(cami2v_run.eps, fixture_c["eps"], FP32_ATOL, "eps")
+@pytest.fixture(scope="module")
+def device_run(cami2v_run, fixture_c, device, dtype):
+    """eps and eps_nocam of the tiny CamI2V UNet on --device in --dtype (the CPU fp32 run itself by default)."""
+    if is_default(device, dtype):
+        return cami2v_run
+    unet = tiny_unet("cami2v", dtype).to(device)
+    x, t, context, fs = (v.to(device) for v in unet_inputs(fixture_c, dtype))
+    with torch.no_grad():
+        eps = unet(x, t, context, fs, camera=camera_on(cami2v_camera(fixture_c), device, dtype))
+        eps_nocam = unet(x, t, context, fs, camera=None)
+    assert eps.device.type == device.type and eps.dtype == dtype
+    return SimpleNamespace(eps=eps.float().cpu(), eps_nocam=eps_nocam.float().cpu())
 
 
-def test_no_camera_is_base_dynamicrafter(cami2v_run, fixture_c):
-    assert_close(cami2v_run.eps_nocam, fixture_c["eps_nocam"], FP32_ATOL, "eps_nocam")
+def test_cami2v_eps_matches_original(device_run, fixture_c, dtype):
+    assert_network_close(device_run.eps, fixture_c["eps"], dtype, FP32_ATOL, "eps")
+
+
+def test_no_camera_is_base_dynamicrafter(device_run, fixture_c, dtype):
+    assert_network_close(device_run.eps_nocam, fixture_c["eps_nocam"], dtype, FP32_ATOL, "eps_nocam")
     # the camera matters: the two outputs differ far beyond the tolerance (sensitivity.json: relative change ~1)
-    assert (cami2v_run.eps - cami2v_run.eps_nocam).abs().max() > 100 * FP32_ATOL
+    assert (device_run.eps - device_run.eps_nocam).abs().max() > 100 * FP32_ATOL
+    assert (device_run.eps - device_run.eps_nocam).norm() > 0.5 * fixture_c["eps"].norm()
 
 
 def test_condition_with_all_fields_none_is_no_camera(cami2v_run, fixture_c):

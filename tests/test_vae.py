@@ -8,7 +8,8 @@ import pytest
 import torch
 from einops import rearrange
 
-from cami2v_core.modules.vae import AutoencoderKL
+from cami2v_core.modules.vae import AttnBlock, AutoencoderKL
+from tests.devices import is_default
 from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
 
 VAE = "vae/vae_tiny.safetensors"
@@ -40,6 +41,23 @@ def vae():
     return model
 
 
+@pytest.fixture(scope="module")
+def device_vae(vae, device, dtype):
+    """The tiny VAE on --device in --dtype (the CPU fp32 one itself by default)."""
+    if is_default(device, dtype):
+        return vae
+    model = AutoencoderKL(**TINY).eval()
+    model.load_state_dict(vae.state_dict())
+    return model.to(device, dtype)
+
+
+def _run(model, fn, x):
+    """fn(x) with x moved to the model's device and dtype -> float32 CPU result(s)."""
+    p = next(model.parameters())
+    out = fn(x.to(p.device, p.dtype))
+    return tuple(o.float().cpu() for o in out) if isinstance(out, tuple) else out.float().cpu()
+
+
 def _frames(golden) -> torch.Tensor:
     """video_u8 [T,H,W,3] -> (u/255 - 0.5)*2 in `t c h w` (golden README §8)."""
     return rearrange((golden["video_u8"].float() / 255 - 0.5) * 2, "t h w c -> t c h w")
@@ -48,27 +66,33 @@ def _frames(golden) -> torch.Tensor:
 # -- golden parity ---------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def test_encode_matches_golden_posterior(vae, golden):
-    mean, logvar = vae.encode(_frames(golden))
-    torch.testing.assert_close(mean, golden["posterior_mean"], rtol=0, atol=ATOL_ENCODE)
-    torch.testing.assert_close(logvar, golden["posterior_logvar_clamped"], rtol=0, atol=ATOL_ENCODE)
+def test_encode_matches_golden_posterior(device_vae, golden, dtype, tolerance):
+    mean, logvar = _run(device_vae, device_vae.encode, _frames(golden))
+
+    def close(got, name):
+        expected = golden[name]
+        torch.testing.assert_close(got, expected, **tolerance(dtype, atol=ATOL_ENCODE, rtol=0,
+                                                              scale=float(expected.abs().max())))
+
+    close(mean, "posterior_mean")
+    close(logvar, "posterior_logvar_clamped")
     std = torch.exp(0.5 * logvar)
-    torch.testing.assert_close(std, golden["posterior_std"], rtol=0, atol=ATOL_ENCODE)
+    close(std, "posterior_std")
     # the scaled posterior sample and mode, from the stored noise
     z = SCALE * (mean + std * golden["posterior_noise"])
-    torch.testing.assert_close(z, golden["z_sample_scaled"], rtol=0, atol=ATOL_ENCODE)
-    torch.testing.assert_close(SCALE * mean, golden["z_mode_scaled"], rtol=0, atol=ATOL_ENCODE)
-    torch.testing.assert_close(rearrange(z, "(b t) c h w -> b c t h w", b=1),
-                               golden["encode_first_stage_with_noise"], rtol=0, atol=ATOL_ENCODE)
+    close(z, "z_sample_scaled")
+    close(SCALE * mean, "z_mode_scaled")
+    close(rearrange(z, "(b t) c h w -> b c t h w", b=1), "encode_first_stage_with_noise")
 
 
 @torch.no_grad()
-def test_decode_matches_golden(vae, golden):
+def test_decode_matches_golden(device_vae, golden, dtype, tolerance):
     z = rearrange(golden["decode_input_latent_scaled"], "b c t h w -> (b t) c h w") / SCALE
     expected = rearrange(golden["decode_output"], "b c t h w -> (b t) c h w")
-    out = vae.decode(z)
+    out = _run(device_vae, device_vae.decode, z)
     assert out.shape == expected.shape
-    torch.testing.assert_close(out, expected, rtol=0, atol=ATOL_DECODE)
+    torch.testing.assert_close(out, expected, **tolerance(dtype, atol=ATOL_DECODE, rtol=0,
+                                                          scale=float(expected.abs().max())))
 
 
 @torch.no_grad()
@@ -209,3 +233,28 @@ def test_original_yaml_params_pass_straight_through():
     params = OmegaConf.to_container(config.model.params.first_stage_config.params, resolve=True)
     model = AutoencoderKL(**params)
     assert model.encode(torch.zeros(1, 3, 64, 64))[0].shape == (1, 4, 8, 8)
+
+
+@torch.no_grad()
+def test_fp16_attention_block_runs_in_fp32_where_fp16_products_overflow():
+    from cami2v_core.modules import attention
+
+    torch.manual_seed(0)
+    block = AttnBlock(64).eval()
+    for conv in (block.q, block.k):
+        conv.weight.mul_(100.0)  # |q.k| over 64 channels reaches ~1e5, past fp16's 65504
+    x = torch.randn(2, 64, 4, 4)
+    q = rearrange(block.q(block.norm(x)), "n c h w -> n 1 (h w) c")
+    k = rearrange(block.k(block.norm(x)), "n c h w -> n 1 (h w) c")
+    assert (q @ k.transpose(-1, -2)).abs().max() > 65504  # the case this is about
+    previous = attention.get_backend()
+    attention.set_backend("math")  # the products formed in the input dtype, as SDPA's math fallback does
+    try:
+        plain = attention.attention_math(q.half(), k.half(), q.half())
+        assert not torch.isfinite(plain).all()  # without the island: inf - inf in the softmax
+        got = block.half()(x.half())
+    finally:
+        attention.set_backend(previous)
+    reference = block.float()(x)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), reference, atol=2e-2 * float(reference.abs().max()), rtol=2e-2)

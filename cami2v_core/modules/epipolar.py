@@ -18,7 +18,7 @@ from torch import nn
 from ..configs import UNSUPPORTED_EPIPOLAR_SWITCHES, check_epipolar_switches
 from ..errors import CamI2VError
 from .attention import attention, merge_heads, split_heads
-from .epipolar_sparse import MIN_SPARSE_TOKENS, EpipolarBlockMask, cached_block_mask, gathered_attention_kvr
+from .epipolar_sparse import MIN_SPARSE_TOKENS, EpipolarBlockMask, _version, cached_block_mask, gathered_attention_kvr
 
 # Keys the original epipolar_config may hold: those this module uses, and those that only matter elsewhere (mask
 # building in camera.py, the model class) or are inert. The switches and which are supported: configs.py.
@@ -51,6 +51,60 @@ def get_kernel() -> str:
     if _kernel not in KERNELS:
         raise ValueError(f"CAMI2V_EPIPOLAR_KERNEL must be one of {', '.join(KERNELS)}, got {_kernel!r}")
     return _kernel
+
+
+# The dense kernel attends with the mask padded by its R always-True register columns, [B, L, R+L]. Made on every
+# UNet call, that padded copy (0.54 GB for the two guidance branches of a 256 video at 32x32) and, off the CPU, the
+# float bias SDPA turns a bool mask into (about 1 GB in fp16, copied once more to 16-aligned rows) cost more than
+# the attention they feed. `dense_attention_mask` builds that final form once per mask (per dtype and device) and
+# keeps it on the tensor owning the mask's storage, as `cached_block_mask` keeps the gathered layouts: the camera
+# condition holds the mask, so the form lives as long as the camera path, and the guidance branches (views of one
+# video's mask) share it.
+BIAS_ALIGN = 16  # elements per bias row a multiple of this: what SDPA's fused kernels read without a padded copy
+
+
+def dense_attention_mask(mask: torch.Tensor, num_register_tokens: int, dtype: torch.dtype,
+                         device=None) -> torch.Tensor:
+    """bool [B, L, L] (or [B, L, R+L] with the register columns) -> the mask the dense kernel attends with.
+
+    [B, L, R+L]: bool on the CPU (the padded mask the reference path always used) and where there are no registers
+    (a row could then allow no key, which a bias would make all -inf); else an additive bias in `dtype` (0 attend,
+    -inf not) with 16-aligned rows. Built once per distinct video of the batch and cached on the mask (an in-place
+    change rebuilds it); the result is a view when the batch is one video's branches."""
+    device = torch.device(device) if device is not None else mask.device
+    registers = int(num_register_tokens)
+    as_bias = device.type != "cpu" and registers > 0
+    owner = mask if mask._base is None else mask._base
+    cache = owner.__dict__.setdefault("_cami2v_dense_forms", {})
+    finals = []
+    for b in range(mask.shape[0]):
+        element = mask[b]
+        if not as_bias and element.shape[1] == element.shape[0] + registers:
+            finals.append(element.to(device))  # already in its final form (padded bool)
+            continue
+        key = (element.data_ptr(), element.stride(), tuple(element.shape), registers,
+               dtype if as_bias else torch.bool, str(device), _version(owner))
+        final = cache.get(key)
+        if final is None:
+            final = cache[key] = _final_dense_form(element.to(device), registers, dtype if as_bias else None)
+        finals.append(final)
+    if all(f is finals[0] for f in finals):
+        return finals[0][None].expand(len(finals), -1, -1)  # one video's branches: a view
+    return torch.stack(finals)
+
+
+def _final_dense_form(mask: torch.Tensor, registers: int, bias_dtype: torch.dtype | None) -> torch.Tensor:
+    """bool [L, L] or [L, R+L] -> bool [L, R+L] padded, or (bias_dtype) its additive bias in aligned rows."""
+    length, width = mask.shape
+    if width != length + registers:
+        mask = torch.cat([mask.new_ones(length, registers), mask], dim=-1)
+    if bias_dtype is None:
+        return mask
+    storage = torch.zeros(length, -(-mask.shape[1] // BIAS_ALIGN) * BIAS_ALIGN, dtype=bias_dtype,
+                          device=mask.device)
+    bias = storage[:, :mask.shape[1]]
+    bias.masked_fill_(~mask, float("-inf"))
+    return bias
 
 
 def _may_gather(mask) -> bool:
@@ -109,7 +163,8 @@ def compact_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
 
     A camera condition holding the result no longer holds the dense masks (268 MB per video at the 256 model's
     32x32 level; the gathered form of that level takes about 20 MB), and every UNet call finds the gathered form
-    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select).
+    ready. `EpipolarBlockMask` supports what CameraCondition does to its masks (to, repeat_batch, select). The
+    masks kept dense get their final form (`dense_attention_mask`) at the first UNet call, cached on them.
     """
     if masks is None:
         return None
@@ -137,7 +192,8 @@ def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.
 
     A mask that may take the gathered path (`EpipolarBlockMask`, or a large one under the "auto"/"gathered"
     kernels) is returned as it is: that path adds the registers itself, and the padded copy would be as big as the
-    mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call.
+    mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call. (The UNet itself
+    never pads: the dense kernel takes its padded form from `dense_attention_mask`, built once per mask.)
     """
     if num_register_tokens == 0 or _may_gather(mask):
         return mask
@@ -165,7 +221,8 @@ class RegisterTokenAttention(nn.Module):
         nn.init.zeros_(self.to_out[0].bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | EpipolarBlockMask | None = None) -> torch.Tensor:
-        """x [B, L, C], mask bool [B, L, R+L] (True = attend), EpipolarBlockMask or None -> [B, L, C].
+        """x [B, L, C], mask bool [B, L, L] or [B, L, R+L] (True = attend), additive [B, L, R+L], EpipolarBlockMask
+        or None -> [B, L, C].
 
         The gathered path is inference only (its gathers write into reused buffers); with autograd recording, a
         block mask is expanded back to the dense mask it stands for."""
@@ -182,6 +239,9 @@ class RegisterTokenAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
         k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
         v = split_heads(self.to_v(context), self.heads)
+        if mask is not None and mask.dtype == torch.bool:
+            # padded (and off the CPU biased) once per mask, then a view per call
+            mask = dense_attention_mask(mask, self.num_register_tokens, q.dtype, q.device)
         if mask is not None:
             mask = mask.unsqueeze(1)  # [B, 1, L, R+L]: a broadcast view over heads, never a per-head copy
         out = attention(q, k, v, mask=mask)  # default scale dim_head^-0.5, as the original's SDPA call
@@ -275,7 +335,8 @@ class EpipolarAttention(nn.Module):
         return rearrange(out, "b (t hw) c -> (b hw) t c", hw=hw)
 
     def _choose_kernel(self, mask, batch_size: int, length: int, frames: int, device):
-        """The mask in the form the chosen kernel takes: EpipolarBlockMask (gathered) or bool [B, L, R+L]."""
+        """The mask in the form the chosen kernel takes: EpipolarBlockMask (gathered) or the checked bool mask
+        [B, L, L] / [B, L, R+L] (dense: RegisterTokenAttention takes its cached final form)."""
         if isinstance(mask, EpipolarBlockMask):
             if mask.batch_size != batch_size or mask.length != length or mask.frames != frames:
                 raise ValueError(f"epipolar block mask is for batch {mask.batch_size}, {mask.frames} frames, "
@@ -289,7 +350,7 @@ class EpipolarAttention(nn.Module):
             blocks = gathered_form(mask, frames, self.num_register_tokens, device)
             if blocks is not None:
                 return blocks
-        return self._check_mask(mask, batch_size, length).to(device)
+        return self._check_mask(mask, batch_size, length, pad=False)
 
     def _check_mask(self, mask: torch.Tensor, batch_size: int, length: int, pad: bool = True) -> torch.Tensor:
         if mask.dtype != torch.bool:
@@ -306,6 +367,6 @@ class EpipolarAttention(nn.Module):
         return mask
 
 
-__all__ = ["EpipolarAttention", "RegisterTokenAttention", "lookup_mask", "pad_register_columns",
+__all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
            "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
            "compact_masks"]

@@ -682,7 +682,9 @@ def _split_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torch
     share = (lse_own - top).exp_()
     share.div_((lse_other - top).exp_().add_(share))
     empty = torch.isneginf(lse_own)  # a query whose own-frame line has no key: an empty softmax, NaN output
-    if bool(empty.any()):
+    # Off the CPU the fill runs unconditionally: asking whether any row is empty would wait for the device
+    # (a host sync per layer); filling nothing changes nothing.
+    if q.device.type != "cpu" or bool(empty.any()):
         own.masked_fill_(empty[..., None], 0.0)
     return out.lerp_(own, share[..., None].to(q.dtype))
 
@@ -782,7 +784,9 @@ def _layout_attention(q, kvr, R: int, layout: BlockLayout, scale: float) -> torc
             lse = lse.transpose(1, 2).reshape(b, g * n_q, h)
             new_top = top.scatter_reduce(1, rows[None, :, None].expand(b, -1, h), lse, "amax")
             rescale = (top - new_top).exp_()
-            moved = bool((new_top > top).any())
+            # exp(0) = 1 exactly where no maximum moved, so rescaling always gives the same numbers; off the CPU
+            # it does, rather than wait for the device to say whether any moved (a host sync per block)
+            moved = q.device.type != "cpu" or bool((new_top > top).any())
             total.mul_(rescale)
             top = new_top
             weight = (lse - top.index_select(1, rows)).exp_()  # [b, GQ, h]

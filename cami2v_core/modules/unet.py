@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .epipolar import lookup_mask, pad_register_columns
+from .epipolar import lookup_mask
 from .transformer import (CAMERA_VARIANTS, MOTIONCTRL_POSE_DIM, TEXT_CONTEXT_LEN, BlockCamera, GroupNorm32,
                           SpatialTransformer, TemporalTransformer)
 
@@ -479,11 +479,10 @@ class _CameraRouter:
             # T*h*w apart) made every such add an order of magnitude slower than the copy
             block.pose_tokens = rearrange(feature.to(self.dtype), "b c t h w -> (b h w) t c").contiguous()
         if self.masks is not None and not self.unet.epipolar.get("is_3d_full_attn"):
-            mask = lookup_mask(self.masks, self.origin_h, height)
-            if mask is not None:
-                # pad the register columns once per resolution, not once per block (these masks are big, §11)
-                block.epipolar_mask = pad_register_columns(mask, int(self.unet.epipolar.get("num_register_tokens",
-                                                                                             0)))
+            # as the condition holds it: the dense kernel's padded form (and bias off the CPU) is cached on the
+            # mask at its first use (epipolar.dense_attention_mask), so it is made once per camera path, not per
+            # call or block (these masks are big, §11)
+            block.epipolar_mask = lookup_mask(self.masks, self.origin_h, height)
         if self.rt is not None:
             block.rt_tokens = self.rt.to(self.dtype).repeat_interleave(height * width, dim=0)  # [(B h w), T, 12]
         return block

@@ -32,7 +32,9 @@ _ATTN_TYPES = ("vanilla", "none")
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm(32 groups, eps 1e-6) of every VAE norm layer (spec §3.4)."""
+    """GroupNorm(32 groups, eps 1e-6) of every VAE norm layer (spec §3.4).
+
+    No fp32 island is needed here in fp16 / bf16: PyTorch accumulates a group's mean and variance in fp32."""
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
@@ -82,7 +84,13 @@ class AttnBlock(nn.Module):
         height, width = x.shape[-2:]
         # one head of width C, softmax scale C^-0.5 (the attention default for d = C)
         q, k, v = (rearrange(conv(n), "n c h w -> n 1 (h w) c") for conv in (self.q, self.k, self.v))
-        h = attention(q, k, v)
+        if q.dtype == torch.float16:
+            # fp32 island: one head of C = 512 channels, so q.k sums 512 products of unnormalised projections and
+            # can pass fp16's 65504 before the softmax wherever the product is formed in fp16 (the math backend,
+            # SDPA's fallback for a head wider than its fused kernels take). This runs once, at 1/8 resolution.
+            h = attention(q.float(), k.float(), v.float()).to(x.dtype)
+        else:
+            h = attention(q, k, v)
         h = rearrange(h, "n 1 (h w) c -> n c h w", h=height, w=width)
         return x + self.proj_out(h)
 
