@@ -169,7 +169,8 @@ class CamI2VSampler:
     FUNCTION = "sample"
     CATEGORY = "CamI2V"
     DESCRIPTION = ("Runs CamI2V's DDIM sampler with separate text, image and camera guidance. Decode the result "
-                   f"with {node_name('CamI2VDecode')} (or ComfyUI's VAE Decode with a KL-f8 VAE).")
+                   f"with {node_name('CamI2VDecode')} (its latent is scaled by the VAE's factor, so ComfyUI's VAE "
+                   f"Decode does not read it as is).")
 
     def sample(self, model, image, prompt, negative_prompt, seed, steps, cfg_text, cfg_image, cfg_camera,
                camera_schedule, eta, guidance_rescale, frame_stride, trace_scale, cond_frame, camera=None,

@@ -4,7 +4,6 @@ positional-encoding table, key manifests and errors."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch

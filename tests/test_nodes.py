@@ -13,7 +13,7 @@ from cami2v_core.checkpoint import CONFIG_METADATA_KEY, save_safetensors
 from cami2v_core.configs import from_yaml
 from nodes import NODE_CLASS_MAPPINGS as NODES
 from nodes import comfy_bridge
-from nodes.nodes_model import BUNDLED_CHOICE, RELEASE_FILES
+from nodes.nodes_model import RELEASE_FILES
 from tests.golden import GOLDEN_DIR, golden_state_dict, require
 
 STEPS = 2
