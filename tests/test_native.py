@@ -99,8 +99,7 @@ def test_next_sigma_is_read_from_the_samplers_list():
 
 @pytest.fixture(scope="module")
 def bundled():
-    if bundled_model_path() is None:
-        pytest.skip("the bundled tiny model is missing")
+    assert bundled_model_path() is not None, "the bundled tiny model is missing: it is committed with the package"
     return NODES["CamI2VModelLoader"]().load(f"{bundled_model_path().name} (bundled)", "fp32")[0]
 
 
