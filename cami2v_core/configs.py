@@ -418,6 +418,26 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _small() -> ModelConfig:
+    """A CamI2V sized for one GPU and the ablation table (issue 23): 128x128 pictures, 16x16 latents with 16
+    channels (the 16-channel VAE recipe of training/experiments/compare2), 16 frames, a 64-channel UNet with
+    epipolar attention at every level; v-prediction on a zero-terminal-SNR schedule as the bundled model. The CLIP
+    towers are the tiny ones (text and image conditioning matter little on the synthetic benchmark)."""
+    tiny = _tiny()
+    vae = _vae(ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=1, resolution=128)
+    vae["embed_dim"] = vae["ddconfig"]["z_channels"] = 16
+    return tiny.replace(
+        image_size=(16, 16), channels=16, parameterization="v", rescale_betas_zero_snr=True,
+        unet=_unet(temporal_length=16, in_channels=32, out_channels=16, model_channels=64,
+                   attention_resolutions=[4, 2, 1], num_res_blocks=2, channel_mult=[1, 2, 4],
+                   num_head_channels=32, context_dim=64, dropout=0.0, default_fs=2),
+        first_stage=vae,
+        image_proj=dict(tiny.image_proj, video_length=16),
+        pose_encoder=dict(_POSE_ENCODER, channels=[64, 128, 256]),
+        epipolar=_epipolar(128, 128, [1, 2, 4]),
+    )
+
+
 def _build_presets() -> dict[str, ModelConfig]:
     dc256, dc512 = _dynamicrafter_256(), _dynamicrafter_512()
     presets = {
@@ -431,6 +451,7 @@ def _build_presets() -> dict[str, ModelConfig]:
         "dynamicrafter-256": dc256,
         "dynamicrafter-512": dc512,
         "tiny": _tiny(),
+        "small": _small(),
     }
     # RealCam-I2V is CamI2V's network trained on metric-scaled translations; its released files hold only the camera
     # layers and merge over DynamiCrafter (realcam spec §1, §2). Its demo's sampling defaults (cfg 5.5, the same

@@ -247,7 +247,11 @@ def rescale_guidance(e: torch.Tensor, e_cond: torch.Tensor, phi: float) -> torch
     # Unbiased std (torch default), as the original.
     std_cond = e_cond.std(dim=dims, keepdim=True)
     std_e = e.std(dim=dims, keepdim=True)
-    return phi * (e * (std_cond / std_e)) + (1 - phi) * e
+    # A constant guided prediction (std 0, e.g. a freshly initialised UNet, whose output conv starts at zero) has
+    # no spread to rescale: keep it as it is instead of dividing by zero (the original gives NaN there).
+    ratio = torch.where(std_e > 0, std_cond / torch.where(std_e > 0, std_e, torch.ones_like(std_e)),
+                        torch.ones_like(std_e))
+    return phi * (e * ratio) + (1 - phi) * e
 
 
 # -- parameterisation (spec §7.5) -------------------------------------------------------------------------------------

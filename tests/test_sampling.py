@@ -356,3 +356,17 @@ def test_seeded_sampling_is_repeatable_and_callback_can_cancel():
 
     with pytest.raises(Stop):
         sample_ddim(denoise, x_T, sched, Guidance(cfg_text=2.0), callback=cancel)
+
+
+def test_guidance_rescale_leaves_a_constant_prediction_alone():
+    """A freshly initialised UNet predicts exactly zero (its output conv starts at zero): rescaling must not turn
+    that into NaN, and any prediction with spread is rescaled exactly as before."""
+    from cami2v_core.sampling import rescale_guidance
+
+    zero = torch.zeros(2, 4, 3, 5, 5)
+    assert torch.equal(rescale_guidance(zero, zero, 0.7), zero)
+    g = torch.Generator().manual_seed(0)
+    e, e_cond = torch.randn(2, 4, 3, 5, 5, generator=g), torch.randn(2, 4, 3, 5, 5, generator=g)
+    dims = [1, 2, 3, 4]
+    expected = 0.7 * (e * (e_cond.std(dim=dims, keepdim=True) / e.std(dim=dims, keepdim=True))) + 0.3 * e
+    assert torch.equal(rescale_guidance(e, e_cond, 0.7), expected)

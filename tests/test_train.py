@@ -480,9 +480,39 @@ def test_experiment_variants_differ_from_their_base_only_in_the_camera(overlay):
     stage, variant = overlay.parent.name, overlay.stem
     cfg = T.load_config(overlay)
     assert cfg.train.output_dir == f"runs/{stage}_{variant}"
-    assert cfg.model.overrides.get("variant", "cami2v") == variant
+    ablations = {"cond_frame": "only_on_cond_frame", "full_attn": "is_3d_full_attn"}  # CamI2V with one switch
+    assert cfg.model.overrides.get("variant", "cami2v") == ("cami2v" if variant in ablations else variant)
+    if variant in ablations:
+        assert cfg.model.overrides.epipolar[ablations[variant]] is True
     if "model" in raw and "init" in raw["model"]:
         assert f"_{variant}/" in raw["model"]["init"]  # continues this variant's own earlier run
+
+
+def test_the_small_ablation_has_the_papers_six_rows_on_the_small_preset():
+    """Issue 23: the six-row table on a GPU-sized model: 16x16 latents with 16 channels, 16 frames."""
+    import numpy as np
+
+    import trajectories as tj
+    from cami2v_core import pipeline
+    from cami2v_core.configs import epipolar_attention_kind
+    from cami2v_core.model import build_model
+
+    rows = {p.stem for p in (EXPERIMENTS / "small").glob("*.yaml")} - {"base"}
+    assert rows == {"dynamicrafter", "motionctrl", "cameractrl", "cond_frame", "cami2v", "full_attn"}
+    kinds = {}
+    for row in sorted(rows):
+        section = dict(T.load_config(EXPERIMENTS / "small" / f"{row}.yaml").model, scale_factor_from=None)
+        config = T.model_config_from_section(section)
+        assert config.image_size == (16, 16) and config.channels == 16 and config.temporal_length == 16
+        kinds[row] = (config.variant, epipolar_attention_kind(config.epipolar))
+    assert kinds == {"dynamicrafter": ("dynamicrafter", None), "motionctrl": ("motionctrl", None),
+                     "cameractrl": ("cameractrl", None), "cond_frame": ("cami2v", "cond_frame"),
+                     "cami2v": ("cami2v", "epipolar"), "full_attn": ("cami2v", "full")}
+    torch.manual_seed(0)
+    model = build_model("small").eval()  # random weights: one real step at the preset's size runs on a CPU
+    latent = pipeline.sample_latent(model, np.zeros((128, 128, 3), np.uint8), tj.orbit("left", 30, 3, 16).w2c,
+                                    steps=1, seed=0)
+    assert latent.shape == (1, 16, 16, 16, 16) and torch.isfinite(latent).all()
 
 
 def test_no_experiment_config_sits_among_the_product_recipes():
