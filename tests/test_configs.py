@@ -17,7 +17,7 @@ VARIANTS = ("cami2v", "cameractrl", "motionctrl")
 
 def test_preset_names_are_the_documented_ones():
     assert set(PRESETS) == {"cami2v-256", "cami2v-512", "cameractrl-256", "motionctrl-256", "dynamicrafter-256",
-                            "dynamicrafter-512", "realcam-i2v-256", "realcam-i2v-512", "tiny"}
+                            "dynamicrafter-512", "realcam-i2v-256", "realcam-i2v-512", "tiny", "small"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
