@@ -359,7 +359,7 @@ def test_scene_preview_feeds_the_samplers_noise_shaping_and_must_match_its_path(
 
 
 def test_depth_loader_without_local_weights_says_how_to_get_them(monkeypatch, tmp_path):
-    pytest.importorskip("transformers")
+    import transformers  # noqa: F401  (requirements-dev.txt: missing must fail, not skip)
     monkeypatch.setattr(comfy_bridge, "STANDALONE_MODELS_DIR", tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="switch on download_missing"):

@@ -420,8 +420,7 @@ def test_pipeline_refuses_a_preview_of_another_size():
 
 def _tiny_depth_anything(kind="metric", seed=0):
     """A randomly initialised Depth Anything of 76 k parameters (tiny Dinov2 backbone): no weights downloaded."""
-    transformers = pytest.importorskip("transformers", reason="metric depth needs transformers (pip install "
-                                       "transformers); its tests build a tiny random Depth Anything")
+    import transformers  # requirements-dev.txt: a missing package must fail here, not skip
     backbone = transformers.Dinov2Config(image_size=56, patch_size=14, hidden_size=16, num_hidden_layers=4,
                                          num_attention_heads=2, intermediate_size=32,
                                          out_features=["stage1", "stage2", "stage3", "stage4"],

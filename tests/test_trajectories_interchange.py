@@ -244,7 +244,7 @@ def test_colmap_quaternions_are_scalar_first_world_to_camera():
 
 
 def test_colmap_writer_is_read_by_pycolmap_and_pycolmap_writer_by_us(tmp_path):
-    pycolmap = pytest.importorskip("pycolmap")
+    import pycolmap  # requirements-dev.txt: a missing package must fail here, not skip
     path = PATHS["pan+roll 16:9"]
     colmap.write_colmap(path, tmp_path / "ours", width=1280, height=720)
     rec = pycolmap.Reconstruction(str(tmp_path / "ours"))
