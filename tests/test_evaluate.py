@@ -276,6 +276,66 @@ def test_summary_drops_trials_ten_std_from_the_pooled_mean():
     assert s["outlier_trials_dropped"] == 1 and s["rot_err"] == pytest.approx(1.0)
 
 
+def test_interval_is_the_student_t_interval_of_the_seed_means():
+    # [1, 2, 3]: mean 2, sample std 1; t(0.975, 2 dof) = 4.303 (printed t tables), so the half-width is 4.303 / √3.
+    got = evaluate.interval([1.0, 2.0, 3.0])
+    assert got["mean"] == pytest.approx(2.0) and got["ci"] == pytest.approx(4.303 / math.sqrt(3), rel=1e-3)
+    assert got["seeds"] == 3
+    # t(0.975, 9 dof) = 2.262; ten values 0..9 have sample std sqrt(55/6).
+    ten = evaluate.interval([float(i) for i in range(10)])
+    assert ten["ci"] == pytest.approx(2.262 * math.sqrt(55 / 6) / math.sqrt(10), rel=1e-3)
+    assert evaluate.interval([5.0])["ci"] is None and evaluate.interval([None, 5.0])["mean"] == 5.0
+    assert evaluate.interval([])["mean"] is None
+
+
+def _seeded_records(psnr_by_seed, cam_by_seed):
+    """Two paths per seed; path 0 reconstructs with CamMC cam_by_seed[s], path 1 never reconstructs."""
+    ok = lambda m: {"status": "ok", "rot_err": m / 2, "trans_err": m / 2, "cam_mc": m}  # noqa: E731
+    records = []
+    for s, (p, m) in enumerate(zip(psnr_by_seed, cam_by_seed)):
+        records.append({"path": 0, "family": "pan_left", "sample": s, "psnr": p + 1, "ssim": 0.5, "trials": [ok(m)]})
+        records.append({"path": 1, "family": "pan_left", "sample": s, "psnr": p - 1, "ssim": 0.3,
+                        "trials": [{"status": "no model"}]})
+    evaluate.summarize(records)  # sets each record's "camera"
+    return records
+
+
+def test_seed_intervals_group_by_sampling_seed_and_count_registration():
+    records = _seeded_records([10.0, 12.0, 14.0], [3.0, 2.0, 1.0])
+    over = evaluate.seed_intervals(records)
+    assert over["psnr"]["per_seed"] == pytest.approx([10.0, 12.0, 14.0])
+    assert over["psnr"]["mean"] == pytest.approx(12.0)
+    assert over["psnr"]["ci"] == pytest.approx(4.303 * 2.0 / math.sqrt(3), rel=1e-3)
+    assert over["cam_mc"]["per_seed"] == pytest.approx([3.0, 2.0, 1.0])
+    assert over["registration_rate"]["per_seed"] == pytest.approx([0.5, 0.5, 0.5])
+    assert over["registration_rate"]["ci"] == pytest.approx(0.0)
+
+
+def test_paired_differences_cancel_what_the_seeds_share():
+    a = _seeded_records([10.0, 12.0, 14.0], [1.0, 1.5, 2.0])
+    b = _seeded_records([9.0, 11.0, 13.0], [2.0, 2.5, 3.0])
+    d = evaluate.paired_differences(a, b)
+    # The seeds differ by 2 dB from each other, but A beats B by exactly 1 dB on each: no spread left.
+    assert d["psnr"]["mean"] == pytest.approx(1.0) and d["psnr"]["ci"] == pytest.approx(0.0)
+    assert d["cam_mc"]["mean"] == pytest.approx(-1.0)
+    # Unpaired, the same numbers give a wide interval.
+    assert evaluate.interval([10.0, 12.0, 14.0])["ci"] > 4
+
+
+def test_markdown_table_shows_intervals_registration_and_differences():
+    a = _seeded_records([10.0, 12.0, 14.0], [1.0, 1.5, 2.0])
+    b = _seeded_records([9.0, 11.0, 13.0], [2.0, 2.5, 3.0])
+    report = {"settings": {"samples_per_path": 3, "confidence": 0.95}, "models": {}}
+    for name, records in (("A", a), ("B", b)):
+        report["models"][name] = {"variant": name.lower(), **evaluate.summarize(records),
+                                  "over_seeds": evaluate.seed_intervals(records)}
+    report["differences"] = {"A - B": evaluate.paired_differences(a, b)}
+    text = evaluate.markdown_table(report)
+    assert "| registered |" in text and "| 3/6 |" in text
+    assert "12.00 ± 4.97" in text  # A's PSNR: mean 12, half-width 4.303 * 2 / √3
+    assert "| A - B | +1.00 ± 0.00 |" in text and "95 % interval over 3 seeds" in text
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reconstruction and the command line
 
@@ -330,6 +390,7 @@ def test_quick_smoke_on_the_bundled_model(tmp_path, capsys):
     assert bundled_model_path() is not None, "the bundled tiny model ships with the repo (cami2v_core/weights)"
     out = tmp_path / "eval.json"
     code, printed = _run_main(["--synthetic", "--quick", "--paths", "1", "--steps", "2", "--trials", "1",
+                               "--samples", "1", "--ckpt", str(bundled_model_path()),
                                "--json", str(out), "--quiet"], capsys)
     assert code == 0, printed.err
     report = json.loads(out.read_text())

@@ -49,8 +49,9 @@ BENCHMARK_STREAM_KEY = 0xE7A1
 # Interleaved, so that the first few paths (--quick) already cover orbit, pan, dolly and random motion.
 TRANSLATING_FAMILIES = ("orbit_left", "pan_right", "dolly_in", "random", "orbit_right", "pan_left", "dolly_out",
                         "orbit_up", "pan_up", "orbit_down", "pan_down")
-QUICK = {"paths": 6, "steps": 10, "trials": 1}
-FULL = {"paths_per_family": 3, "steps": 25, "trials": 3}
+QUICK = {"paths": 6, "steps": 10, "trials": 1, "samples": 3}
+FULL = {"paths_per_family": 3, "steps": 25, "trials": 3, "samples": 1}
+CONFIDENCE = 0.95  # of the intervals over sampling seeds (Student t over the per-seed means)
 OUTLIER_STD = 10.0  # spec §10: trials more than 10 std from the pooled mean are dropped
 CAMERA_KEYS = ("rot_err", "trans_err", "cam_mc")
 
@@ -257,6 +258,7 @@ def summarize(records: list[dict]) -> dict:
     trials = [t for r in records for t in r["trials"]]
     out.update({k: _mean([c[k] for c in ok]) for k in CAMERA_KEYS})
     out.update({"reconstructed": len(ok), "reconstruction_failures": len(records) - len(ok),
+                "registration_rate": len(ok) / len(records) if records else None,
                 "trials": len(trials), "failed_trials": sum("rot_err" not in t for t in trials),
                 "outlier_trials_dropped": dropped,
                 "trial_status": {s: sum(t["status"] == s for t in trials) for s in sorted({t["status"]
@@ -278,6 +280,60 @@ def _per_family(records: list[dict]) -> dict:
             row.update({k: _mean([c[k] for c in ok]) for k in CAMERA_KEYS})
             row["reconstruction_failures"] = len(rs) - len(ok)
         out[fam] = row
+    return out
+
+
+SEED_KEYS = ("psnr", "ssim", *CAMERA_KEYS, "registration_rate")
+
+
+def interval(values, confidence: float = CONFIDENCE) -> dict:
+    """Mean of `values` (one per sampling seed) and the half-width of its Student-t confidence interval; the
+    half-width is None with fewer than two values (no spread to estimate)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "ci": None, "seeds": 0}
+    half = None
+    if v.size > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return {"mean": float(v.mean()), "ci": half, "seeds": int(v.size)}
+
+
+def per_seed(records: list[dict]) -> dict[int, dict]:
+    """The model's numbers for each sampling seed (records grouped by their `sample` index, after `summarize` has
+    set each record's `camera`): PSNR/SSIM means over the paths, camera errors over the reconstructed ones, and
+    the registration rate (reconstructed videos / videos)."""
+    out = {}
+    for s in sorted({r.get("sample", 0) for r in records}):
+        rs = [r for r in records if r.get("sample", 0) == s]
+        row = {k: _mean([r.get(k) for r in rs]) for k in ("psnr", "ssim")}
+        if any("camera" in r for r in rs):
+            ok = [r["camera"] for r in rs if r.get("camera")]
+            row.update({k: _mean([c[k] for c in ok]) for k in CAMERA_KEYS})
+            row["registration_rate"] = len(ok) / len(rs)
+        out[s] = row
+    return out
+
+
+def seed_intervals(records: list[dict]) -> dict:
+    """Per metric: mean over sampling seeds of the per-seed numbers, with its confidence half-width."""
+    seeds = per_seed(records)
+    return {k: {**interval([row.get(k) for row in seeds.values()]),
+                "per_seed": [row.get(k) for row in seeds.values()]}
+            for k in SEED_KEYS if any(k in row for row in seeds.values())}
+
+
+def paired_differences(records_a: list[dict], records_b: list[dict]) -> dict:
+    """Model A minus model B, seed by seed (both sampled the same paths with the same seeds, so the path-to-path
+    spread cancels), with a confidence interval over the seeds. Positive PSNR/SSIM: A better; negative camera
+    errors: A better."""
+    a, b = per_seed(records_a), per_seed(records_b)
+    out = {}
+    for k in SEED_KEYS:
+        diffs = [a[s][k] - b[s][k] for s in a if s in b and a[s].get(k) is not None and b[s].get(k) is not None]
+        if diffs:
+            out[k] = {**interval(diffs), "per_seed": diffs}
     return out
 
 
@@ -330,7 +386,7 @@ def run(args, log=print) -> dict:
     """Evaluate the requested models on the synthetic benchmark; returns the report (what --json writes)."""
     import torch
 
-    from cami2v_core.bundled import bundled_model_path
+    from cami2v_core.bundled import bundled_companion_path, bundled_model_path
 
     from .metrics import psnr, ssim
 
@@ -342,10 +398,11 @@ def run(args, log=print) -> dict:
     paths = args.paths or (preset["paths"] if args.quick else preset["paths_per_family"] * len(families))
     steps = args.steps or preset["steps"]
     trials = args.trials or preset["trials"]
-    if min(paths, steps, trials, args.samples) < 1:
+    samples = args.samples or preset["samples"]
+    if min(paths, steps, trials, samples) < 1:
         raise EvalError("--paths, --steps, --trials and --samples must be >= 1")
-    ckpts = args.ckpt or [bundled_model_path()]
-    if ckpts == [None]:
+    ckpts = args.ckpt or [p for p in (bundled_model_path(), bundled_companion_path()) if p is not None]
+    if not ckpts:
         raise EvalError("no --ckpt given and this install has no bundled model; pass --ckpt FILE")
     files = [resolve_checkpoint(str(c)) for c in ckpts]
     detector = None
@@ -377,7 +434,7 @@ def run(args, log=print) -> dict:
                     "training.synthetic dataset's (seed, 0|1, index)"},
         "settings": {"quick": bool(args.quick), "steps": steps, "cfg_text": args.cfg_text,
                      "cfg_camera": args.cfg_camera, "eta": args.eta,
-                     "samples_per_path": args.samples, "gen_seed": args.gen_seed, "camera_metrics": camera,
+                     "samples_per_path": samples, "confidence": CONFIDENCE, "gen_seed": args.gen_seed, "camera_metrics": camera,
                      "reconstruction_trials": trials, "sfm_size": args.sfm_size,
                      "metrics": "PSNR/SSIM: mean over frames 1..T-1, then over videos. RotErr (radians), TransErr, "
                                 "CamMC: sums over the T frames per video (spec §10), averaged over successful "
@@ -435,21 +492,23 @@ def run(args, log=print) -> dict:
         t0 = time.perf_counter()
         records, fakes = [], []
         for c in clips:
-            for s in range(args.samples):
+            for s in range(samples):
                 seed = args.gen_seed + 1000 * c.index + s
                 video = _generate(model, c, steps, args.cfg_text, args.eta, seed, args.stride, args.cfg_camera)
                 fakes.append(video)
-                records.append(evaluate_frames(video, c, trials, seed, args.sfm_size, camera,
-                                               threads=args.threads))
+                records.append({**evaluate_frames(video, c, trials, seed, args.sfm_size, camera,
+                                                  threads=args.threads), "sample": s})
                 if args.save_frames:
                     _save_strip(Path(args.save_frames) / label.replace("/", "_"), c, s, video)
         summary = summarize(records)
         entry = {"file": str(path), "variant": model.config.variant, **summary}
+        if samples > 1:
+            entry["over_seeds"] = seed_intervals(records)
         if detector is not None:
             from .metrics import MetricsError, fvd
 
             try:
-                entry["fvd"] = fvd(np.repeat(gt_videos, args.samples, axis=0), np.stack(fakes), detector)
+                entry["fvd"] = fvd(np.repeat(gt_videos, samples, axis=0), np.stack(fakes), detector)
             except MetricsError as e:
                 entry["fvd"], entry["fvd_error"] = None, str(e)
                 log(f"WARNING: FVD for {label}: {e}")
@@ -457,6 +516,11 @@ def run(args, log=print) -> dict:
         entry.update({"per_family": _per_family(records), "per_video": records})
         report["models"][label] = entry
         log(f"{label} ({model.config.variant}): {_line(summary)} ({entry['seconds']:.0f} s)")
+    labels = list(report["models"])
+    if len(labels) > 1 and samples > 1:
+        first = report["models"][labels[0]]["per_video"]
+        report["differences"] = {f"{labels[0]} - {other}": paired_differences(first, report["models"][other]["per_video"])
+                                 for other in labels[1:]}
     return _json_safe(report)
 
 
@@ -481,12 +545,21 @@ def _save_strip(folder: Path, clip: BenchmarkClip, sample: int, video: np.ndarra
 
 
 def markdown_table(report: dict) -> str:
-    """The report's headline numbers as a Markdown table: model | PSNR | SSIM | RotErr | TransErr | CamMC |
-    failures (reconstruction failures / videos)."""
+    """The report's headline numbers as Markdown: model | PSNR | SSIM | RotErr | TransErr | CamMC | registered
+    (videos the reconstruction registered / videos). With several sampling seeds each model's numbers are the mean
+    over the seeds +- the half-width of the confidence interval, and a second table gives the first model minus
+    each other one, paired seed by seed."""
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    rows = ["| model | PSNR | SSIM | RotErr | TransErr | CamMC | failures |", "|---|---|---|---|---|---|---|"]
+    def cell(s, key, fmt):
+        over = s.get("over_seeds", {}).get(key)
+        if over is not None and over.get("ci") is not None:
+            return f"{f(over['mean'], fmt)} ± {f(over['ci'], fmt)}"
+        return f(s.get(key), fmt)
+
+    metrics = (("psnr", ".2f"), ("ssim", ".3f"), ("rot_err", ".3f"), ("trans_err", ".3f"), ("cam_mc", ".3f"))
+    rows = ["| model | PSNR | SSIM | RotErr | TransErr | CamMC | registered |", "|---|---|---|---|---|---|---|"]
     items = [(f"{name} (round trip)", s) for name, s in report.get("vae_roundtrip", {}).items()]
     if "static_first_frame" in report:
         items.insert(0, ("static first frame (no motion)", report["static_first_frame"]))
@@ -494,11 +567,25 @@ def markdown_table(report: dict) -> str:
     if "oracle" in report:
         items.insert(0, ("oracle (ground-truth frames)", report["oracle"]))
     for name, s in items:
-        fails = (f"{s['reconstruction_failures']}/{s['videos']}" if "reconstruction_failures" in s else "-")
+        registered = f"{s['reconstructed']}/{s['videos']}" if "reconstructed" in s else "-"
         label = name if "variant" not in s else f"{name} ({s['variant']})"
-        rows.append(f"| {label} | {f(s.get('psnr'), '.2f')} | {f(s.get('ssim'), '.3f')} | "
-                    f"{f(s.get('rot_err'), '.3f')} | {f(s.get('trans_err'), '.3f')} | {f(s.get('cam_mc'), '.3f')} | "
-                    f"{fails} |")
+        rows.append(f"| {label} | " + " | ".join(cell(s, k, fmt) for k, fmt in metrics) + f" | {registered} |")
+    differences = report.get("differences")
+    if differences:
+        level = round(100 * report.get("settings", {}).get("confidence", CONFIDENCE))
+        rows += ["", f"Paired by sampling seed (mean ± {level} % interval over "
+                     f"{report['settings']['samples_per_path']} seeds; PSNR/SSIM/registration up and camera errors "
+                     f"down mean the first model is better):", "",
+                 "| difference | PSNR | SSIM | RotErr | TransErr | CamMC | registration rate |",
+                 "|---|---|---|---|---|---|---|"]
+        for name, d in differences.items():
+            def dc(key, fmt):
+                x = d.get(key)
+                if x is None or x["mean"] is None:
+                    return "-"
+                return format(x["mean"], "+" + fmt) + ("" if x["ci"] is None else f" ± {x['ci']:{fmt}}")
+            rows.append(f"| {name} | " + " | ".join(dc(k, fmt) for k, fmt in metrics)
+                        + f" | {dc('registration_rate', '.2f')} |")
     return "\n".join(rows)
 
 
@@ -515,12 +602,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the synthetic benchmark (required; the only benchmark so far)")
     p.add_argument("--quick", action="store_true",
                    help=f"a few minutes on 2 CPU cores: {QUICK['paths']} paths, {QUICK['steps']} DDIM steps, "
-                        f"{QUICK['trials']} reconstruction trial (default: {FULL['paths_per_family']} paths per "
-                        f"family, {FULL['steps']} steps, {FULL['trials']} trials)")
+                        f"{QUICK['samples']} sampling seeds per path, {QUICK['trials']} reconstruction trial "
+                        f"(default: {FULL['paths_per_family']} paths per family, {FULL['steps']} steps, "
+                        f"{FULL['samples']} seed, {FULL['trials']} trials)")
     p.add_argument("--ckpt", action="append", default=None, metavar="FILE",
                    help="model to evaluate (repeat for several): a model file, a checkpoints/step_XXXXXXXX folder "
                         "(ema.safetensors preferred) or a training run folder (its latest checkpoint); default: "
-                        "the bundled tiny model")
+                        "the bundled tiny model and its bundled no-camera companion")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the full report here")
     p.add_argument("--paths", type=int, default=None, help="benchmark paths, one per scene (overrides the preset)")
     p.add_argument("--families", default="translating",
@@ -531,7 +619,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None,
                    help="reconstruction trials per video, each with its own random seed (overrides the preset; the "
                         "paper uses 5)")
-    p.add_argument("--samples", type=int, default=1, help="generated clips per path, with different seeds (default 1)")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"generated clips per path, one per sampling seed (default {FULL['samples']}, "
+                        f"{QUICK['samples']} with --quick); with 2 or more, every number gets a "
+                        f"{round(100 * CONFIDENCE)} %% confidence interval over the seeds and the first model is "
+                        f"compared with each other one seed by seed")
     p.add_argument("--cfg-text", type=float, default=7.5, help="text/image guidance scale (default 7.5, spec §7.6)")
     p.add_argument("--cfg-camera", type=float, default=1.0,
                    help="camera guidance scale of the camera models (default 1.0: off, as the paper's tables); the "
