@@ -287,6 +287,18 @@ def test_auto_kernel_gathers_large_sparse_masks_and_keeps_small_ones_dense():
     assert epi.pad_register_columns(small, 4).shape[-1] == small.shape[-1] + 4
 
 
+def test_auto_kernel_attends_densely_off_the_cpu():
+    # The gathered kernel's cost model is a CPU's; on a GPU its per-block loop is launch-bound, so "auto" keeps
+    # the mask dense there (the bias is built once per camera path). Nothing is moved to the device to decide.
+    large = epipolar_masks(frames=8, size=128, strides=(8,))[8]
+    assert epi.gathered_form(large, 8, 4, device="cpu") is not None
+    assert epi.gathered_form(large, 8, 4, device="cuda") is None
+    assert epi.prepare_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8]["kernel"] == "dense"
+    assert epi.pad_register_columns(large, 4, device="cuda").shape[-1] == large.shape[-1] + 4
+    assert epi.compact_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8] is large
+    assert not epi.auto_gathers_on("cuda:0") and epi.auto_gathers_on(torch.device("cpu"))
+
+
 def test_layouts_are_built_once_per_mask_and_rebuilt_after_a_change():
     mask = epipolar_masks()[8].clone()
     first = cached_block_mask(mask, 4, 4)

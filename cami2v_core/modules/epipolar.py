@@ -31,9 +31,12 @@ class EpipolarMaskError(CamI2VError, ValueError):
     """A camera condition whose epipolar masks do not fit the block; the message says what to build instead."""
 
 
-# How a masked epipolar attention runs: "auto" gathers the allowed keys when the cost model says it is cheaper
-# (large, sparse masks: the 256 model's 32x32 and 16x16 levels), "gathered" always does, "dense" never does (the
-# reference path: one SDPA call over all L x (R+L) pairs). Both give the same result up to float round-off.
+# How a masked epipolar attention runs: "auto" on a CPU gathers the allowed keys when the cost model (calibrated on
+# a CPU) says it is cheaper (large, sparse masks: the 256 model's 32x32 and 16x16 levels) and on any other device
+# attends densely with the bias built once per camera path (the gathered kernel's per-block Python loop launches
+# tens of thousands of small kernels per UNet call, which a GPU pays for in launch latency, not in FLOPs);
+# "gathered" always gathers, "dense" never does (the reference path: one SDPA call over all L x (R+L) pairs).
+# Both give the same result up to float round-off.
 KERNELS = ("auto", "gathered", "dense")
 _kernel = os.environ.get("CAMI2V_EPIPOLAR_KERNEL", "auto")
 
@@ -107,23 +110,33 @@ def _final_dense_form(mask: torch.Tensor, registers: int, bias_dtype: torch.dtyp
     return bias
 
 
-def _may_gather(mask) -> bool:
-    """Whether a mask could take the gathered path (then its register columns are never padded densely)."""
+def auto_gathers_on(device) -> bool:
+    """Whether the "auto" kernel considers the gathered path on this device: on CPUs only (see KERNELS)."""
+    return torch.device(device).type == "cpu"
+
+
+def _may_gather(mask, device=None) -> bool:
+    """Whether a mask could take the gathered path on `device` (default: the mask's); then its register columns
+    are never padded densely."""
     if isinstance(mask, EpipolarBlockMask):
         return True
     kernel = get_kernel()
-    return kernel == "gathered" or (kernel == "auto" and mask.shape[-2] >= MIN_SPARSE_TOKENS)
+    if kernel == "gathered":
+        return True
+    return (kernel == "auto" and mask.shape[-2] >= MIN_SPARSE_TOKENS
+            and auto_gathers_on(device if device is not None else mask.device))
 
 
 def gathered_form(mask: torch.Tensor, frames: int, num_register_tokens: int, device=None) -> EpipolarBlockMask | None:
     """The cached EpipolarBlockMask of a bool mask [B, L, L] if the kernel in force gathers it, else None (dense).
 
-    "auto" gathers when the cost model of epipolar_sparse (calibrated in docs/performance.md) says the gathered
-    blocks beat one dense SDPA call. Registers are needed: without them a row can have nothing to attend.
+    "auto" gathers on a CPU when the cost model of epipolar_sparse (calibrated in docs/performance.md) says the
+    gathered blocks beat one dense SDPA call, and never on another device (`device`, default the mask's).
+    Registers are needed: without them a row can have nothing to attend.
     """
     if isinstance(mask, EpipolarBlockMask):
         return mask
-    if num_register_tokens == 0 or not _may_gather(mask):
+    if num_register_tokens == 0 or not _may_gather(mask, device):
         return None
     blocks = cached_block_mask(mask, frames, num_register_tokens, device=device)
     if get_kernel() == "gathered" or blocks.relative_cost < 1:
@@ -148,7 +161,7 @@ def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
         blocks = gathered_form(mask, frames, num_register_tokens, device)
         entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else "dense"}
         probe = blocks if blocks is not None else (
-            cached_block_mask(mask, frames, num_register_tokens, device) if _may_gather(mask) else None)
+            cached_block_mask(mask, frames, num_register_tokens, device) if _may_gather(mask, device) else None)
         if probe is not None:
             entry.update(density=probe.density, scored_fraction=probe.scored_fraction, bytes=probe.nbytes,
                          layout=sorted(set(probe.kinds)), relative_cost=probe.relative_cost)
@@ -187,7 +200,7 @@ def lookup_mask(masks: dict[int, torch.Tensor] | None, origin_h: int, feature_he
     return masks.get(origin_h // feature_height)
 
 
-def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.Tensor:
+def pad_register_columns(mask: torch.Tensor, num_register_tokens: int, device=None) -> torch.Tensor:
     """bool [B, L, L] -> [B, L, R+L] with the R register columns always True (spec §4.3).
 
     A mask that may take the gathered path (`EpipolarBlockMask`, or a large one under the "auto"/"gathered"
@@ -195,7 +208,7 @@ def pad_register_columns(mask: torch.Tensor, num_register_tokens: int) -> torch.
     mask (268 MB per video at the 256 model's 32x32 level) and made again on every UNet call. (The UNet itself
     never pads: the dense kernel takes its padded form from `dense_attention_mask`, built once per mask.)
     """
-    if num_register_tokens == 0 or _may_gather(mask):
+    if num_register_tokens == 0 or _may_gather(mask, device):
         return mask
     registers = mask.new_ones(mask.shape[0], mask.shape[1], num_register_tokens)
     return torch.cat([registers, mask], dim=-1)
@@ -345,7 +358,7 @@ class EpipolarAttention(nn.Module):
             if self.num_register_tokens == 0:
                 return self._check_mask(mask.to_dense(), batch_size, length).to(device)
             return mask
-        if self.num_register_tokens > 0 and mask.dtype == torch.bool and _may_gather(mask):
+        if self.num_register_tokens > 0 and mask.dtype == torch.bool and _may_gather(mask, device):
             self._check_mask(mask, batch_size, length, pad=False)
             blocks = gathered_form(mask, frames, self.num_register_tokens, device)
             if blocks is not None:
@@ -368,5 +381,5 @@ class EpipolarAttention(nn.Module):
 
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
-           "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "gathered_form", "prepare_masks",
+           "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "auto_gathers_on", "gathered_form", "prepare_masks",
            "compact_masks"]
