@@ -18,6 +18,7 @@ import numpy as np
 
 from .render import WORLD_UP, Scene, clearance, first_hits
 from cami2v_core.errors import CamI2VError
+from trajectories import geometry
 
 FAMILIES = (
     "orbit_left", "orbit_right", "orbit_up", "orbit_down",
@@ -67,28 +68,24 @@ def _normalize(v):
 
 def look_at_w2c(positions, targets, roll_deg=0.0, up=WORLD_UP) -> np.ndarray:
     """World-to-camera [T,4,4] (OpenCV axes) of cameras at positions [T,3] looking at targets [T,3], rolled by
-    roll_deg ([T] or scalar) about the viewing direction; `up` [3] is the world's up direction."""
+    roll_deg ([T] or scalar) about the viewing direction; `up` [3] is the world's up direction. The look-at itself
+    is `trajectories.geometry.look_at_rotation`, the one the trajectory builders use."""
     positions = np.atleast_2d(np.asarray(positions, dtype=np.float64))
     targets = np.atleast_2d(np.asarray(targets, dtype=np.float64))
-    up = np.asarray(up, dtype=np.float64)
-    forward = targets - positions
-    dist = np.linalg.norm(forward, axis=-1)
-    if np.any(dist < 1e-9):
-        raise CameraPathError(f"camera {int(np.argmin(dist))} sits on its look-at point; move one of them")
-    forward = forward / dist[:, None]
-    side = np.cross(forward, up)
-    side_norm = np.linalg.norm(side, axis=-1)
-    if np.any(side_norm < 1e-6):
-        raise CameraPathError(f"camera {int(np.argmin(side_norm))} looks straight along the up direction, where "
-                              f"roll is undefined; tilt the look-at point away from the vertical")
-    # Looking along forward with `up` pointing up, forward x up is the right side and forward x right is down:
-    # exactly the OpenCV x and y axes.
-    x_axis = side / side_norm[:, None]
-    y_axis = np.cross(forward, x_axis)
+    rot_c2w = np.empty((len(positions), 3, 3))
+    for i, (position, target) in enumerate(zip(positions, targets)):
+        rotation = geometry.look_at_rotation(position, target, up)
+        if rotation is None:
+            if np.linalg.norm(target - position) < 1e-9:
+                raise CameraPathError(f"camera {i} sits on its look-at point; move one of them")
+            raise CameraPathError(f"camera {i} looks straight along the up direction, where roll is undefined; "
+                                  f"tilt the look-at point away from the vertical")
+        rot_c2w[i] = rotation
+    # Roll about the viewing direction (the z column): x and y turn within the image plane.
     roll = np.deg2rad(np.broadcast_to(np.asarray(roll_deg, dtype=np.float64), (len(positions),)))[:, None]
-    x_rolled = np.cos(roll) * x_axis + np.sin(roll) * y_axis
-    y_rolled = -np.sin(roll) * x_axis + np.cos(roll) * y_axis
-    rot_c2w = np.stack([x_rolled, y_rolled, forward], axis=-1)  # columns: camera axes in world coordinates
+    x_axis, y_axis = rot_c2w[:, :, 0].copy(), rot_c2w[:, :, 1].copy()
+    rot_c2w[:, :, 0] = np.cos(roll) * x_axis + np.sin(roll) * y_axis
+    rot_c2w[:, :, 1] = -np.sin(roll) * x_axis + np.cos(roll) * y_axis
     w2c = np.zeros((len(positions), 4, 4))
     w2c[:, :3, :3] = np.swapaxes(rot_c2w, 1, 2)
     w2c[:, :3, 3] = -np.einsum("tij,tj->ti", w2c[:, :3, :3], positions)
