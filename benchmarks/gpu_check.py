@@ -11,7 +11,8 @@ Sections, in the order they run (each is a list of table rows):
                epipolar masks built on the device, UNet eps per epipolar kernel, VAE decode, a short sampling run
   attention    every backend of modules/attention.py, and on CUDA every SDPA kernel, against float64 maths; timed
   epipolar     every epipolar kernel (modules/epipolar.py KERNELS) at the largest mask levels of the 256 and 512
-               models, timed, against the dense kernel; the 512 model's unmasked top level; FlexAttention on CUDA
+               models, timed, against the dense kernel (FlexAttention compiled on CUDA, eager in the CPU dry
+               run); the 512 model's unmasked top level
   speed        DDIM steps (25) of DynamiCrafter and CamI2V at 256x256x16 and 320x512x16, random weights
   vram         the whole model (random weights, every encoder and the VAE) through encode / sample / decode,
                keep_loaded against offload: peak memory per phase
@@ -580,7 +581,6 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
     device = torch.device(plan.device)
     dtype = plan.torch_dtype
     batch, registers = 2, 4
-    flex_args = None  # the largest level's block, inputs and dense output, for FlexAttention at the end
     for label, config, stride, dim, heads in _levels(plan):
         g = torch.Generator().manual_seed(0)
         module = epi.EpipolarAttention(dim, heads, num_register_tokens=registers)
@@ -615,13 +615,30 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                 note = f"{tokens} tokens, mask density {density:.1%}, {plan.dtype}, batch {batch}"
                 with project_kernels(kernel=kernel), torch.inference_mode():
                     build = 0.0
-                    if kernel != "dense":
+                    if kernel == "flex":
+                        start = time.perf_counter()
+                        block_mask = epi.flex_block_mask(mask.expand(batch, -1, -1), registers, device)
+                        _sync(device)
+                        build = time.perf_counter() - start
+                        note += (f"; BlockMask built in {build:.2f} s, {float(block_mask.sparsity()):.0f}% of "
+                                 f"{epi.FLEX_BLOCK}x{epi.FLEX_BLOCK} tiles skipped"
+                                 + ("" if device.type == "cuda" else "; eager (not compiled) off CUDA"))
+                    elif kernel != "dense":
                         start = time.perf_counter()
                         blocks = epi.gathered_form(mask, frames, registers, device)
                         _sync(device)
                         build = time.perf_counter() - start
                         note += f"; layout built in {build:.2f} s" if blocks is not None else "; auto runs dense"
-                    given = epi.pad_register_columns(mask.expand(batch, -1, -1), registers)
+                    given = epi.pad_register_columns(mask.expand(batch, -1, -1), registers, device)
+                    if kernel == "flex":
+                        given = mask.expand(batch, -1, -1)  # the view flex_block_mask was built (and cached) for
+                    start = time.perf_counter()
+                    first_out = module(x, given, batch)  # compiles flex on CUDA
+                    _sync(device)
+                    first = time.perf_counter() - start
+                    del first_out
+                    if kernel == "flex":
+                        note += f"; first call {first:.1f} s"
                     out, seconds = timed_median(lambda: module(x, given, batch), device, plan.repeats, plan.warmup)
                 outputs[kernel] = out
                 if "dense" in outputs and kernel != "dense":
@@ -631,10 +648,6 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                             note, layout_build_s=build)
                 else:
                     rec.add(case, "ok", seconds * 1e3, "ms", None, "", note)
-        if device.type == "cuda" and flex_args is None:
-            flex_args = (label, module, x, mask, batch, registers, outputs.get("dense"))
-    if flex_args is not None:  # last, and the largest level only: compiling it takes ~30 s
-        _flex_case(plan, rec, *flex_args)
 
 
 def _math_refusal_case(rec, label, batch, heads, tokens, head_dim, device, dtype) -> None:
@@ -650,56 +663,6 @@ def _math_refusal_case(rec, label, batch, heads, tokens, head_dim, device, dtype
         verdict = f"refused: {str(e).split(': use')[0]}"
     rec.add(f"{label} math backend", "skipped", None, "", None, "", verdict, score_bytes=need // 2,
             math_bytes=need)
-
-
-def _flex_case(plan, rec, label, module, x, mask, batch, registers, reference) -> None:
-    """FlexAttention with a BlockMask of the epipolar tiles (the issue's proposed CUDA kernel), attention only."""
-    case = f"{label} flex_attention (prototype)"
-    with rec.case(case, needs_s=40) as run:
-        if not run:
-            return
-        import torch.nn.functional as F
-        from einops import rearrange
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        from cami2v_core.modules.attention import merge_heads, split_heads
-
-        device = x.device
-        attn = module.epipolar_attn
-        L = mask.shape[-1]
-        padded = -(-(registers + L) // 128) * 128
-        dense = mask[0]
-
-        def mask_mod(b, h, q_index, kv_index):
-            j = kv_index - registers
-            inside = (j >= 0) & (j < L)
-            return (kv_index < registers) | (inside & dense[q_index, j.clamp(0, L - 1)])
-
-        with torch.no_grad():  # compiled flex kernels are traced: not under inference_mode
-            start = time.perf_counter()
-            block_mask = create_block_mask(mask_mod, None, None, L, padded, device=device)
-            _sync(device)
-            build = time.perf_counter() - start
-            tokens = rearrange(x, "(b hw) t c -> b (t hw) c", b=batch)
-            context = torch.cat([attn.register_tokens.to(x.dtype).expand(batch, -1, -1), tokens], 1)
-            q = split_heads(attn.to_q(tokens), attn.heads)
-            k = F.pad(split_heads(attn.to_k(context), attn.heads), (0, 0, 0, padded - registers - L))
-            v = F.pad(split_heads(attn.to_v(context), attn.heads), (0, 0, 0, padded - registers - L))
-            flex = torch.compile(flex_attention, dynamic=False)
-            start = time.perf_counter()
-            o = flex(q, k, v, block_mask=block_mask)
-            _sync(device)
-            first = time.perf_counter() - start
-            o, seconds = timed_median(lambda: flex(q, k, v, block_mask=block_mask), device, plan.repeats,
-                                      plan.warmup)
-            out = rearrange(attn.to_out(merge_heads(o)), "b (t hw) c -> (b hw) t c", hw=x.shape[0] // batch)
-        diff = max_abs(out, reference) if reference is not None else None
-        bound = KERNEL_BOUND[plan.dtype] * max(1.0, float(reference.abs().max())) if reference is not None else None
-        skipped = float(block_mask.sparsity())
-        rec.add(case, within(diff, bound) if diff is not None else "ok", seconds * 1e3, "ms", diff,
-                f"max|diff| <= {bound:.2g}" if bound else "", f"attention and projections; {skipped:.0f}% of "
-                f"128x128 tiles skipped; block mask {build:.2f} s, compile + first call {first:.1f} s",
-                sparsity_pct=skipped, block_mask_s=build, first_call_s=first)
 
 
 def section_speed(plan: Plan, rec: Recorder) -> None:

@@ -287,6 +287,32 @@ def test_auto_kernel_gathers_large_sparse_masks_and_keeps_small_ones_dense():
     assert epi.pad_register_columns(small, 4).shape[-1] == small.shape[-1] + 4
 
 
+def test_flex_kernel_matches_dense_and_builds_its_block_mask_once(device, dtype, tolerance):
+    if not epi.flex_available():
+        pytest.fail(f"torch {torch.__version__} has no FlexAttention; requirements pin a torch that has")
+    shared = epipolar_masks()[8].expand(2, -1, -1)  # two guidance branches of one camera path
+    two = torch.stack([epipolar_masks(kind="orbit")[8][0], epipolar_masks(kind="zoom")[8][0]])  # two videos
+    module = epipolar_module(device=device, dtype=dtype)
+    for mask in (shared, two):
+        epi.set_kernel("dense")
+        dense = run_module(module, mask, batch=2)
+        epi.set_kernel("flex")
+        flex = run_module(module, mask, batch=2)
+        scale = float(dense.abs().max())
+        torch.testing.assert_close(flex.float(), dense.float(), **tolerance(dtype, atol=1e-5, rtol=1e-5,
+                                                                           scale=scale))
+    epi.set_kernel("auto")
+    base = epipolar_masks()[8][0].to(device).clone()
+    on_device = base.expand(2, -1, -1)
+    first = epi.flex_block_mask(on_device, 4)
+    assert epi.flex_block_mask(on_device, 4) is first  # cached on the mask: built once per camera path
+    assert first.shape[-2:] == (base.shape[-2], base.shape[-1] + 4)
+    base.logical_not_()  # an in-place change of the mask rebuilds it
+    assert epi.flex_block_mask(on_device, 4) is not first
+    with pytest.raises(ValueError, match="one of"):
+        epi.set_kernel("sparse")
+
+
 def test_auto_kernel_attends_densely_off_the_cpu():
     # The gathered kernel's cost model is a CPU's; on a GPU its per-block loop is launch-bound, so "auto" keeps
     # the mask dense there (the bias is built once per camera path). Nothing is moved to the device to decide.

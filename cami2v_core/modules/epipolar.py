@@ -35,9 +35,12 @@ class EpipolarMaskError(CamI2VError, ValueError):
 # a CPU) says it is cheaper (large, sparse masks: the 256 model's 32x32 and 16x16 levels) and on any other device
 # attends densely with the bias built once per camera path (the gathered kernel's per-block Python loop launches
 # tens of thousands of small kernels per UNet call, which a GPU pays for in launch latency, not in FLOPs);
-# "gathered" always gathers, "dense" never does (the reference path: one SDPA call over all L x (R+L) pairs).
-# Both give the same result up to float round-off.
-KERNELS = ("auto", "gathered", "dense")
+# "gathered" always gathers, "dense" never does (the reference path: one SDPA call over all L x (R+L) pairs),
+# "flex" runs PyTorch's FlexAttention with a BlockMask of the epipolar tiles, built once per camera path (compiled
+# on CUDA, where it skips the empty 128x128 tiles; eager elsewhere, which forms the full scores: for checking only).
+# All give the same result up to float round-off. (Keep "dense" last: benchmarks run KERNELS reversed, the
+# reference first.)
+KERNELS = ("auto", "gathered", "flex", "dense")
 _kernel = os.environ.get("CAMI2V_EPIPOLAR_KERNEL", "auto")
 
 
@@ -46,7 +49,20 @@ def set_kernel(name: str) -> None:
     global _kernel
     if name not in KERNELS:
         raise ValueError(f"epipolar kernel must be one of {', '.join(KERNELS)}, got {name!r}")
+    if name == "flex" and not flex_available():
+        raise ValueError(f"epipolar kernel 'flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5; this is "
+                         f"{torch.__version__}): upgrade torch or use 'auto'")
     _kernel = name
+
+
+def flex_available() -> bool:
+    """Whether this PyTorch has FlexAttention (torch.nn.attention.flex_attention, PyTorch >= 2.5)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def get_kernel() -> str:
@@ -113,6 +129,60 @@ def _final_dense_form(mask: torch.Tensor, registers: int, bias_dtype: torch.dtyp
 def auto_gathers_on(device) -> bool:
     """Whether the "auto" kernel considers the gathered path on this device: on CPUs only (see KERNELS)."""
     return torch.device(device).type == "cpu"
+
+
+FLEX_BLOCK = 128  # FlexAttention's tile (queries x keys) that a BlockMask marks empty, partial or full
+
+
+def flex_block_mask(mask: torch.Tensor, num_register_tokens: int, device=None):
+    """bool [B, L, L] (or [B, L, R+L]) -> the FlexAttention BlockMask of the padded mask (register columns first,
+    always attended), built once per distinct video of the batch and cached on the mask like the dense forms
+    (`dense_attention_mask`); the guidance branches of one video share one (batch-broadcast) BlockMask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    device = torch.device(device) if device is not None else mask.device
+    registers = int(num_register_tokens)
+    owner = mask if mask._base is None else mask._base
+    cache = owner.__dict__.setdefault("_cami2v_flex_forms", {})
+    elements = [mask[b] for b in range(mask.shape[0])]
+    shared = all(e.data_ptr() == elements[0].data_ptr() and e.stride() == elements[0].stride() for e in elements)
+    chosen = elements[:1] if shared else elements
+    key = (tuple((e.data_ptr(), e.stride()) for e in chosen), len(elements), tuple(mask.shape[1:]), registers,
+           str(device), _version(owner))
+    block_mask = cache.get(key)
+    if block_mask is None:
+        padded = torch.stack([_final_dense_form(e.to(device), registers, None) for e in chosen])  # [B', L, R+L]
+        length, width = padded.shape[1:]
+        if shared:
+            def mask_mod(b, h, q_index, kv_index):
+                return padded[0, q_index, kv_index]
+        else:
+            def mask_mod(b, h, q_index, kv_index):
+                return padded[b, q_index, kv_index]
+        block_mask = cache[key] = create_block_mask(mask_mod, None if shared else len(chosen), None, length, width,
+                                                    device=str(device), BLOCK_SIZE=FLEX_BLOCK)
+    return block_mask
+
+
+_compiled_flex = None
+
+
+def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
+    """FlexAttention of q [B, h, L, d] over k, v [B, h, R+L, d] with a BlockMask from `flex_block_mask`: compiled on
+    CUDA (one graph per shape; the empty tiles are skipped), eager elsewhere (exact, but it forms the scores)."""
+    from torch.nn.attention import flex_attention as flex
+
+    if q.is_cuda:
+        global _compiled_flex
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex.flex_attention, dynamic=False)
+        with torch.inference_mode(False):  # compiled kernels are traced; inference tensors still read fine
+            return _compiled_flex(q, k, v, block_mask=block_mask)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex.flex_attention(q, k, v, block_mask=block_mask)
 
 
 def _may_gather(mask, device=None) -> bool:
@@ -252,6 +322,9 @@ class RegisterTokenAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
         k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
         v = split_heads(self.to_v(context), self.heads)
+        if mask is not None and mask.dtype == torch.bool and get_kernel() == "flex":
+            out = flex_attend(q, k, v, flex_block_mask(mask, self.num_register_tokens, q.device))
+            return self.to_out(merge_heads(out))
         if mask is not None and mask.dtype == torch.bool:
             # padded (and off the CPU biased) once per mask, then a view per call
             mask = dense_attention_mask(mask, self.num_register_tokens, q.dtype, q.device)
@@ -381,5 +454,6 @@ class EpipolarAttention(nn.Module):
 
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
-           "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "auto_gathers_on", "gathered_form", "prepare_masks",
+           "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "auto_gathers_on", "flex_available",
+           "flex_block_mask", "flex_attend", "gathered_form", "prepare_masks",
            "compact_masks"]
