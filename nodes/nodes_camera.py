@@ -33,13 +33,13 @@ CATEGORY = "CamI2V/camera"
 
 def to_poses(trajectory: tj.Trajectory) -> list[list[float]]:
     """Trajectory -> CAMERACTRL_POSES."""
-    return trajectory.to_cameractrl_poses()
+    return tj.to_cameractrl_poses(trajectory)
 
 
 def from_poses(poses, what: str = "camera") -> tj.Trajectory:
     """CAMERACTRL_POSES -> Trajectory, with the node input named in the error."""
     try:
-        return tj.Trajectory.from_cameractrl_poses(poses)
+        return tj.from_cameractrl_poses(poses)
     except tj.TrajectoryError as e:
         raise ValueError(f"the {what} input is not a valid camera path: {e}") from e
 
@@ -290,7 +290,7 @@ class CamI2VCameraExport:
     DESCRIPTION = "Writes the camera path to output/<prefix>_NNNNN.json in the documented pose JSON format."
 
     def export(self, poses, filename_prefix):
-        text = from_poses(poses, "poses").to_json()
+        text = tj.to_json(from_poses(poses, "poses"))
         path = comfy_bridge.unique_output_path(filename_prefix, ".json")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite a user's file

@@ -12,7 +12,7 @@ from cami2v_core import pipeline
 from cami2v_core.modules import attention
 from cami2v_core.sampling import StepInfo
 from cami2v_core.settings import DEFAULTS
-from trajectories import Trajectory, TrajectoryError, fit_frames
+from trajectories import Trajectory, TrajectoryError, fit_frames, from_cameractrl_poses
 
 from . import comfy_bridge
 from .registry import DISPLAY_NAMES, node_name
@@ -28,7 +28,7 @@ def camera_path(camera, frames: int) -> tuple[Trajectory, str | None]:
     A path of another length is resampled over its whole length, as the command line does; `note` says so (None
     when the path fitted as it was)."""
     try:
-        traj, note = fit_frames(Trajectory.from_cameractrl_poses(camera), frames)
+        traj, note = fit_frames(from_cameractrl_poses(camera), frames)
     except TrajectoryError as e:
         raise ValueError(f"the camera input is not a valid CAMERACTRL_POSES list: {e}") from e
     if note:

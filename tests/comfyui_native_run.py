@@ -37,7 +37,7 @@ def picture_and_camera(frames: int):
     from synthetic_photo import make_photo  # ComfyUI has a `tests` package of its own, so not tests.synthetic_photo
 
     image = torch.from_numpy(make_photo(64, 64, seed=3)).float()[None] / 255
-    return image, tj.orbit("left", 30.0, 3.0, frames).to_cameractrl_poses()
+    return image, tj.to_cameractrl_poses(tj.orbit("left", 30.0, 3.0, frames))
 
 
 def handle_for(variant: str):

@@ -107,7 +107,7 @@ def picture_and_camera(frames):
     from tests.synthetic_photo import make_photo
 
     image = torch.from_numpy(make_photo(64, 64, seed=3)).float()[None] / 255
-    return image, tj.orbit("left", 30.0, 3.0, frames).to_cameractrl_poses()
+    return image, tj.to_cameractrl_poses(tj.orbit("left", 30.0, 3.0, frames))
 
 
 def test_conditioning_node_encodes_like_the_reference_sampler(bundled):
@@ -116,7 +116,7 @@ def test_conditioning_node_encodes_like_the_reference_sampler(bundled):
     image, camera = picture_and_camera(frames)
     out = NODES["CamI2VImageToVideo"]().encode(bundled, image, "a room", "blurry", 7, 2, 1.0, 0, camera=camera)
     positive, negative, latent, report = out["result"]
-    w2c = tj.Trajectory.from_cameractrl_poses(camera).w2c
+    w2c = tj.from_cameractrl_poses(camera).w2c
     cond = pipeline.encode_conditioning(net, image[0], w2c, None, "a room", "blurry", 2, 0, 1.0,
                                         ("cond", "uncond"), pipeline.make_generator(7))
     (pos_context, pos), (neg_context, neg) = positive[0], negative[0]

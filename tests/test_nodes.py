@@ -214,10 +214,10 @@ def test_motionctrl_samples_with_a_camera(models_dir):
 def test_move_nodes_match_the_trajectory_builders_and_chain(node_id, widgets):
     node = NODES[node_id]()
     poses = node.build(frames=6, ease="linear", **widgets)[0]
-    path = tj.Trajectory.from_cameractrl_poses(poses)
+    path = tj.from_cameractrl_poses(poses)
     assert len(path) == 6 and len(poses[0]) == 19
     np.testing.assert_allclose(path.w2c[0], np.eye(4), atol=1e-9)  # a move starts at the identity camera
-    chained = tj.Trajectory.from_cameractrl_poses(node.build(frames=6, ease="linear", prev_poses=poses, **widgets)[0])
+    chained = tj.from_cameractrl_poses(node.build(frames=6, ease="linear", prev_poses=poses, **widgets)[0])
     assert len(chained) == 11  # the second move continues from the last pose (shared pose dropped)
     np.testing.assert_allclose(chained.w2c[5], path.w2c[5], atol=1e-9)
 
@@ -247,7 +247,7 @@ def test_combine_retime_text_file_export_preview_round_trip(tmp_path):
     pasted = NODES["CamI2VCameraFromText"]().parse(text)[0]
     np.testing.assert_allclose(np.array(pasted), np.array(fitted), atol=1e-6)
     re10k = tmp_path / "clip.txt"
-    re10k.write_text(tj.Trajectory.from_cameractrl_poses(fitted).to_realestate10k())
+    re10k.write_text(tj.to_realestate10k(tj.from_cameractrl_poses(fitted)))
     np.testing.assert_allclose(np.array(NODES["CamI2VCameraLoadFile"]().load(str(re10k))[0]), np.array(fitted),
                                atol=1e-6)
     with pytest.raises(ValueError, match="no file"):
@@ -372,7 +372,7 @@ def test_load_file_reads_3d_tools_cameras(tmp_path):
     (tmp_path / "transforms.json").write_text(tj.to_transforms_json(path))
     for source in (tmp_path / "colmap", tmp_path / "colmap" / "images.txt", tmp_path / "transforms.json"):
         poses = NODES["CamI2VCameraLoadFile"]().load(str(source))[0]
-        assert tj.Trajectory.from_cameractrl_poses(poses).allclose(path, atol=1e-6), source
+        assert tj.from_cameractrl_poses(poses).allclose(path, atol=1e-6), source
 
 
 def test_camera_from_video_copies_a_clips_move_and_reports_what_it_did():
@@ -385,7 +385,7 @@ def test_camera_from_video_copies_a_clips_move_and_reports_what_it_did():
     out = NODES["CamI2VCameraFromVideo"]().recover(frames, len(video), 0.0, 0.0, "depth")
     poses, report = out["result"]
     assert out["ui"]["text"] == [report] and "sampled frames registered" in report
-    path = tj.Trajectory.from_cameractrl_poses(poses)
+    path = tj.from_cameractrl_poses(poses)
     assert len(path) == len(video)
     check_recovery(path, w2c, intr, scene, False, report.splitlines())
     grey = torch.full((8, 48, 64, 3), 0.5)

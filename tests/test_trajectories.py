@@ -222,7 +222,7 @@ def test_bottom_row_shape_count_and_aspect_are_checked():
 def test_cameractrl_poses_layout_matches_design_and_animatediff_reader():
     """[t, fx, fy, cx, cy, pose_w, pose_h, w2c 3x4 row-major]; AnimateDiff reads entry[7:] as reshape(3, 4)."""
     t = _path()
-    poses = t.to_cameractrl_poses()
+    poses = tj.to_cameractrl_poses(t)
     assert len(poses) == len(t) and all(len(p) == 19 and all(type(v) is float for v in p) for p in poses)
     for i, p in enumerate(poses):
         assert p[0] == i
@@ -236,18 +236,18 @@ def test_animatediff_style_poses_read_with_their_pose_size():
     for i in range(3):
         w2c = _w2c(_rot_y(7 * i), (0.1 * i, 0, 0))
         rows.append([0, 0.474812461, 0.844111024, 0.5, 0.5, 1280, 720, *w2c[:3].reshape(12)])
-    t = Trajectory.from_cameractrl_poses(rows)
+    t = tj.from_cameractrl_poses(rows)
     assert t.aspect == pytest.approx(1280 / 720)
     np.testing.assert_allclose(t.intrinsics[:, 0], 0.474812461)
     np.testing.assert_allclose(t.w2c[2], _w2c(_rot_y(14), (0.2, 0, 0)), atol=1e-12)
     rows[0][5] = rows[0][6] = 0.0  # raw RealEstate10K lines carry k1 = k2 = 0 there: aspect from square pixels
     for r in rows:
         r[5] = r[6] = 0.0
-    assert Trajectory.from_cameractrl_poses(rows).aspect == pytest.approx(0.844111024 / 0.474812461)
+    assert tj.from_cameractrl_poses(rows).aspect == pytest.approx(0.844111024 / 0.474812461)
 
 
 def test_bad_cameractrl_poses_name_the_frame_and_slot():
-    good = _path().to_cameractrl_poses()
+    good = tj.to_cameractrl_poses(_path())
     with pytest.raises(TrajectoryError, match=r"frame 2, 'pose': has 18 numbers"):
         tj.from_cameractrl_poses(good[:2] + [good[2][:18]] + good[3:])
     bad = [list(p) for p in good]
@@ -284,7 +284,7 @@ def test_realestate10k_text_reads_like_the_demo():
 
 def test_realestate10k_writer_is_19_numbers_per_line_after_a_url_line():
     t = _path()
-    lines = t.to_realestate10k(url="https://www.youtube.com/watch?v=abc").splitlines()
+    lines = tj.to_realestate10k(t, url="https://www.youtube.com/watch?v=abc").splitlines()
     assert lines[0] == "https://www.youtube.com/watch?v=abc" and len(lines) == len(t) + 1
     for i, line in enumerate(lines[1:]):
         v = [float(x) for x in line.split(" ")]  # single spaces: AnimateDiff's loader splits on ' '
@@ -407,7 +407,7 @@ def test_schema_lists_exactly_the_keys_the_reader_accepts():
 
 def test_json_writer_output_is_documented_shape():
     t = _path(3)
-    doc = json.loads(t.to_json(name="demo"))
+    doc = json.loads(tj.to_json(t, name="demo"))
     assert doc["format"] == "cami2v-trajectory" and doc["version"] == 1 and doc["name"] == "demo"
     assert doc["aspect"] == 4 / 3 and len(doc["frames"]) == 3
     assert doc["frames"][1]["w2c"] == t.w2c[1, :3].tolist()
@@ -419,10 +419,10 @@ def test_json_writer_output_is_documented_shape():
 @settings(max_examples=40, deadline=None)
 @given(rigid_paths())
 def test_json_cameractrl_realestate10k_round_trips_are_exact(path):
-    via_json = tj.from_json(path.to_json())
-    via_poses = Trajectory.from_cameractrl_poses(via_json.to_cameractrl_poses())
-    via_text = tj.from_realestate10k(via_poses.to_realestate10k())
-    back = tj.from_json(via_text.to_json())
+    via_json = tj.from_json(tj.to_json(path))
+    via_poses = tj.from_cameractrl_poses(tj.to_cameractrl_poses(via_json))
+    via_text = tj.from_realestate10k(tj.to_realestate10k(via_poses))
+    back = tj.from_json(tj.to_json(via_text))
     for t in (via_json, via_poses, via_text, back):
         np.testing.assert_allclose(t.w2c, path.w2c, rtol=0, atol=1e-6)
         np.testing.assert_allclose(t.intrinsics, path.intrinsics, rtol=0, atol=1e-6)
@@ -433,8 +433,8 @@ def test_json_cameractrl_realestate10k_round_trips_are_exact(path):
 @settings(max_examples=30, deadline=None)
 @given(path=rigid_paths(max_frames=3), kind=st.sampled_from(["json", "poses", "text"]))
 def test_load_detects_every_format_from_text_and_files(path, kind, tmp_path_factory):
-    text = {"json": path.to_json(), "poses": json.dumps(path.to_cameractrl_poses()),
-            "text": path.to_realestate10k()}[kind]
+    text = {"json": tj.to_json(path), "poses": json.dumps(tj.to_cameractrl_poses(path)),
+            "text": tj.to_realestate10k(path)}[kind]
     file = tmp_path_factory.mktemp("poses") / f"path.{'txt' if kind == 'text' else 'json'}"
     file.write_text(text, encoding="utf-8")
     for source in (text, text.encode(), file, str(file)):
@@ -468,7 +468,7 @@ def test_oversized_and_non_utf8_files_are_refused(tmp_path):
     with pytest.raises(TrajectoryError, match="is a folder"):
         tj.read_text(tmp_path)
     bom = tmp_path / "bom.json"
-    bom.write_bytes(b"\xef\xbb\xbf" + _path(2).to_json().encode())  # Windows editors add a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf" + tj.to_json(_path(2)).encode())  # Windows editors add a byte-order mark
     assert len(tj.load(bom)) == 2
 
 

@@ -63,8 +63,8 @@ def test_random_json_values_as_objects_and_as_text(value, parser):
 def _valid_documents():
     path = tj.concatenate(tj.orbit("left", 30, 2.0, frames=4), tj.focal_zoom(1.5, frames=3))
     return {
-        "json": json.loads(path.to_json()),
-        "poses": path.to_cameractrl_poses(),
+        "json": json.loads(tj.to_json(path)),
+        "poses": tj.to_cameractrl_poses(path),
         "look_at": {"aspect": 1.5, "intrinsics": {"fov_x_deg": 60},
                     "frames": [{"position": [0, 0, -i], "look_at": [0, 0, 5], "up": [0, -1, 0]} for i in range(3)]},
     }

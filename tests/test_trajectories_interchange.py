@@ -118,7 +118,7 @@ def test_blender_script_round_trips_through_matrix_world_and_camera_settings(nam
     data = json.loads(blender.dumps(blender.pose_json(w2c, intrinsics, aspect, name="cam", description="test")))
     _same(tj.from_json(data), path)
     # ... and our writer's JSON reads in the script's plain reader.
-    aspect, frames = blender.read_pose_json(json.loads(path.to_json()))
+    aspect, frames = blender.read_pose_json(json.loads(tj.to_json(path)))
     assert aspect == path.aspect
     np.testing.assert_allclose(np.stack([w for w, _ in frames]), path.w2c, rtol=0, atol=0)
     np.testing.assert_allclose(np.array([i for _, i in frames]), path.intrinsics, rtol=0, atol=0)
@@ -130,7 +130,7 @@ def test_blender_script_round_trips_through_matrix_world_and_camera_settings(nam
 def test_command_line_converts_between_every_format_by_name(out, written, tmp_path):
     path = PATHS["pan+roll 16:9"]
     src = tmp_path / "src.json"
-    src.write_text(path.to_json(), encoding="utf-8")
+    src.write_text(tj.to_json(path), encoding="utf-8")
     assert main(["convert", str(src), f"{tmp_path}/{out}"]) == 0
     expected = path
     if out.endswith(".txt") and not out.endswith("images.txt"):  # RealEstate10K has no aspect: fy / fx
@@ -152,7 +152,7 @@ def test_command_line_chain_colmap_to_transforms_to_pose_json_keeps_the_path(tmp
 
 def test_command_line_refuses_unclear_requests(tmp_path, capsys):
     src = tmp_path / "p.json"
-    src.write_text(PATHS["orbit up portrait"].to_json(), encoding="utf-8")
+    src.write_text(tj.to_json(PATHS["orbit up portrait"]), encoding="utf-8")
     cases = [([str(src), str(tmp_path / "x.abc")], "cannot tell the output format"),
              ([str(src), str(tmp_path / "y.json"), "--size", "64x64"], "--size applies to"),
              ([str(src), str(tmp_path / "t.json"), "--to", "transforms", "--size", "64x64"], "aspect"),
@@ -499,7 +499,7 @@ def test_in_blender_the_imported_camera_projects_like_our_path_and_exports_back(
     intr = path.intrinsics.copy()
     intr[:, 2:] = [0.47, 0.53]  # an off-centre principal point exercises the shift
     path = Trajectory(path.w2c, intr, path.aspect)
-    (tmp_path / "in.json").write_text(path.to_json(), encoding="utf-8")
+    (tmp_path / "in.json").write_text(tj.to_json(path), encoding="utf-8")
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1000
     cam = blender.import_camera(str(tmp_path / "in.json"))

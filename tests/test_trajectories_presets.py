@@ -154,7 +154,7 @@ def test_golden_w2c_and_intrinsics_read_as_the_original_uses_them(name):
     np.testing.assert_allclose(path.relative(meta["cond_frame_index"]).c2w, data["relative_c2w"][0].numpy(),
                                atol=ATOL)
     np.testing.assert_allclose(path.pixel_intrinsics(meta["W"], meta["H"]), data["K"][0].numpy(), atol=1e-4)
-    again = Trajectory.from_cameractrl_poses(path.to_cameractrl_poses())  # through the ComfyUI type and back
+    again = tj.from_cameractrl_poses(tj.to_cameractrl_poses(path))  # through the ComfyUI type and back
     np.testing.assert_array_equal(again.w2c, path.w2c)
 
 

@@ -16,13 +16,13 @@ def test_unit_survives_every_transformation_and_format():
     path = tj.pan("right", 2.0, 8).with_unit("metre")
     assert tj.resample(path, 5).unit == "metre"
     assert path.relative(3).unit == path.scaled(2).unit == path[2:].unit == tj.reverse(path).unit == "metre"
-    assert tj.from_json(path.to_json()).unit == "metre"
-    assert json.loads(path.to_json())["unit"] == "metre"
-    assert "unit" not in json.loads(tj.pan("right", 2.0, 8).to_json())  # not said, not written
-    poses = path.to_cameractrl_poses()
-    assert isinstance(poses, list) and tj.Trajectory.from_cameractrl_poses(poses).unit == "metre"
+    assert tj.from_json(tj.to_json(path)).unit == "metre"
+    assert json.loads(tj.to_json(path))["unit"] == "metre"
+    assert "unit" not in json.loads(tj.to_json(tj.pan("right", 2.0, 8)))  # not said, not written
+    poses = tj.to_cameractrl_poses(path)
+    assert isinstance(poses, list) and tj.from_cameractrl_poses(poses).unit == "metre"
     plain = [list(row) for row in poses]  # what another pack's node hands over
-    assert tj.Trajectory.from_cameractrl_poses(plain).unit is None
+    assert tj.from_cameractrl_poses(plain).unit is None
     assert tj.preset("orbit left", 8).unit == "relative"  # the demo's pose files are scale-free
 
 

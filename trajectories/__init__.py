@@ -10,7 +10,7 @@ normalised intrinsics [T,4] (fx, fy, cx, cy) and the pose image aspect. User gui
     path = tj.load("colmap/sparse/0")                                # COLMAP text model; also transforms.json
     tj.write_colmap(path, "model/")                                 # to 3D tools: also tj.to_transforms_json(path)
     path = tj.path_from_video("clip.mp4").path                       # copy a video's camera move (needs pycolmap)
-    poses = path.to_cameractrl_poses()                               # ComfyUI CAMERACTRL_POSES
+    poses = tj.to_cameractrl_poses(path)                             # ComfyUI CAMERACTRL_POSES
     tj.draw_path(path).save("path.png")
 """
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import colmap, combinators, nerfstudio, presets, preview, reading
+from . import colmap, combinators, formats, nerfstudio, presets, preview, reading
 from .errors import TrajectoryError
 from cami2v_core.errors import CamI2VError
 
@@ -84,8 +84,8 @@ def _convert(path, args) -> int:
         folder = Path(out).parent if Path(out).name.lower() in colmap.FILES else Path(out)
         colmap.write_colmap(path, folder, width, height)
         return 0
-    text = {"json": lambda: path.to_json(), "poses": lambda: json.dumps(path.to_cameractrl_poses()),
-            "realestate10k": lambda: path.to_realestate10k(),
+    text = {"json": lambda: formats.to_json(path), "poses": lambda: json.dumps(formats.to_cameractrl_poses(path)),
+            "realestate10k": lambda: formats.to_realestate10k(path),
             "transforms": lambda: nerfstudio.to_transforms_json(path, width, height)}[kind]()
     if out:
         Path(out).write_text(text, encoding="utf-8")

@@ -128,41 +128,6 @@ class Trajectory:
         unit = f", unit={self.unit}" if self.unit else ""
         return f"Trajectory(frames={len(self)}, aspect={self.aspect:.4g}, travel={travel:.4g}{unit})"
 
-    # -- formats (trajectories/formats.py) -------------------------------------------------------------------
-
-    def to_json(self, **kwargs) -> str:
-        """The documented pose JSON (docs/trajectories.md, trajectories/schema/pose.schema.json)."""
-        from .formats import to_json
-        return to_json(self, **kwargs)
-
-    def to_cameractrl_poses(self) -> list[list[float]]:
-        """CAMERACTRL_POSES: one list of 19 floats per frame (layout in formats.py / docs/trajectories.md)."""
-        from .formats import to_cameractrl_poses
-        return to_cameractrl_poses(self)
-
-    def to_realestate10k(self, **kwargs) -> str:
-        """RealEstate10K pose text (spec §6.4)."""
-        from .formats import to_realestate10k
-        return to_realestate10k(self, **kwargs)
-
-    @classmethod
-    def from_cameractrl_poses(cls, poses) -> "Trajectory":
-        """A CAMERACTRL_POSES list ([T][19] numbers) -> Trajectory."""
-        from .formats import from_cameractrl_poses
-        return from_cameractrl_poses(poses)
-
-    @classmethod
-    def from_json(cls, source) -> "Trajectory":
-        """Pose JSON text or an already parsed object -> Trajectory."""
-        from .formats import from_json
-        return from_json(source)
-
-    @classmethod
-    def from_realestate10k(cls, text: str) -> "Trajectory":
-        """RealEstate10K pose text -> Trajectory."""
-        from .formats import from_realestate10k
-        return from_realestate10k(text)
-
 
 # -- validation (the one place) --------------------------------------------------------------------------------
 
