@@ -407,6 +407,37 @@ def test_quick_smoke_on_the_bundled_model(tmp_path, capsys):
     assert "| model | PSNR |" in printed.out
 
 
+def test_quick_default_compares_the_bundled_model_with_its_no_camera_companion(tmp_path, capsys):
+    import pycolmap  # noqa: F401 -- requirements-dev.txt: a missing package must fail here, not skip
+    from cami2v_core.bundled import bundled_companion_path, bundled_model_path
+    from cami2v_core.checkpoint import CONFIG_METADATA_KEY, read_safetensors_header
+    from cami2v_core.configs import ModelConfig
+
+    def read_config(path):
+        return ModelConfig.from_json(read_safetensors_header(path)[1][CONFIG_METADATA_KEY])
+
+    companion = bundled_companion_path()
+    assert companion is not None, "the no-camera companion ships with the repo (cami2v_core/weights)"
+    assert companion.stat().st_size <= 25 * 2**20
+    ours, theirs = read_config(bundled_model_path()), read_config(companion)
+    assert (ours.variant, theirs.variant) == ("cami2v", "dynamicrafter")
+    # Same clip size and the same VAE recipe: the comparison differs only in the camera.
+    assert (ours.temporal_length, ours.resolution) == (theirs.temporal_length, theirs.resolution)
+    out = tmp_path / "eval.json"
+    code, printed = _run_main(["--synthetic", "--quick", "--paths", "1", "--steps", "2", "--samples", "2",
+                               "--no-oracle", "--no-vae-row", "--json", str(out), "--quiet"], capsys)
+    assert code == 0, printed.err
+    report = json.loads(out.read_text())
+    first, second = report["models"]
+    assert [report["models"][n]["variant"] for n in (first, second)] == ["cami2v", "dynamicrafter"]
+    for name in (first, second):
+        over = report["models"][name]["over_seeds"]
+        assert len(over["psnr"]["per_seed"]) == 2 and over["psnr"]["ci"] is not None
+    (label, diff), = report["differences"].items()
+    assert label == f"{first} - {second}" and len(diff["psnr"]["per_seed"]) == 2
+    assert "| registered |" in printed.out and f"| {first} - {second} |" in printed.out
+
+
 def test_camera_guidance_reaches_camera_models_and_spares_the_no_camera_one():
     from cami2v_core import build_model, load_model
     from cami2v_core.bundled import bundled_model_path
