@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,14 @@ def unet_inputs_case() -> str:
     if len(found) != 1:
         pytest.fail(f"unet_forward/ of {GOLDEN_DIR} has {len(found)} cases with the call's inputs (x_t): {found}")
     return found[0]
+
+
+def unet_call_perturbation_seed() -> int | None:
+    """The seed of the UNet call's zero-translation draw. No index records it; the fixture README does ("perturbation
+    drawn after seed N", §5), so it is read from there. None when the README does not say (then inject the draw)."""
+    readme = GOLDEN_DIR / "README.md"
+    found = re.search(r"perturbation drawn after seed (\d+)", readme.read_text()) if readme.is_file() else None
+    return int(found.group(1)) if found else None
 
 
 def golden_state_dict(variant: str = "cami2v") -> dict[str, torch.Tensor]:

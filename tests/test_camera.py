@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cami2v_core import camera
 from cami2v_core.camera import CameraCondition
 from tests.golden import (REFERENCE_DIR, index_names, latent_factor, load_json, load_tensors, unet_cases,
-                          unet_inputs_case, unpack_mask)
+                          unet_call_perturbation_seed, unet_inputs_case, unpack_mask)
 
 ATOL = 1e-5  # golden README §11: Plücker / F / relative poses
 TRAJECTORIES = "camera/trajectories.json"
@@ -181,6 +181,18 @@ def test_unet_call_camera_condition_matches_original(case):
     assert sorted(masks) == sorted(strides)
     for stride, mask in masks.items():
         _compare_masks(mask, ref, "camera.", stride, mask.shape[-1])
+
+
+@pytest.mark.parametrize("case", unet_cases(stores=("x_t", "camera.pair_t_after_perturbation")))
+def test_unet_call_perturbation_is_the_seeded_draw(case):
+    """The UNet call's recorded draw is randn over its whole [B,T,T,3,1] pair translations after the README's seed."""
+    seed = unet_call_perturbation_seed()
+    if seed is None:
+        pytest.skip("the fixture README names no seed for the UNet call's perturbation; the tests inject the draw")
+    ref = load_tensors(f"unet_forward/{case}.safetensors")
+    before, after = ref["camera.pair_t_before_perturbation"], ref["camera.pair_t_after_perturbation"]
+    assert not torch.equal(before, after)
+    assert torch.equal(camera.perturb_zero_translations(before, torch.Generator().manual_seed(seed)), after)
 
 
 @pytest.mark.parametrize("case", unet_cases(stores=("camera.RT_relative_w2c_3x4_flat",)))

@@ -137,6 +137,14 @@ def test_golden_schedule_and_coefficients(run):
 
 
 @pytest.mark.parametrize("run", _runs())
+def test_golden_x_T_is_the_indexed_seeds_draw(run):
+    """x_T is randn of its shape from a torch.Generator seeded with the index's x_T_seed (README §7)."""
+    rec = load_tensors(f"sampling/{run}.safetensors")
+    seed = load_json(SAMPLING_RUNS)[run]["x_T_seed"]
+    assert torch.equal(torch.randn(rec["x_T"].shape, generator=torch.Generator().manual_seed(seed)), rec["x_T"])
+
+
+@pytest.mark.parametrize("run", _runs())
 def test_golden_guidance_rescale_and_ddim_step(run):
     """Each recorded step: stored branch outputs -> e_cfg_before_rescale -> e_final -> pred_x0 -> x_prev."""
     rec = load_tensors(f"sampling/{run}.safetensors")
