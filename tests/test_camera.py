@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from cami2v_core import camera
 from cami2v_core.camera import CameraCondition
-from tests.golden import index_names, REFERENCE_DIR, load_json, load_tensors, unpack_mask
+from tests.golden import (REFERENCE_DIR, index_names, latent_factor, load_json, load_tensors, unet_cases,
+                          unet_call_perturbation_seed, unet_inputs_case, unpack_mask)
 
 ATOL = 1e-5  # golden README §11: Plücker / F / relative poses
 TRAJECTORIES = "camera/trajectories.json"
@@ -106,11 +107,23 @@ def test_epipolar_masks_match_original(name):
         assert torch.equal(small_chunks, got)
 
 
+def _zero_translations(pair_t: torch.Tensor) -> torch.Tensor:
+    """Where the original perturbs: all three components of a pair translation below 1e-6 (README §4)."""
+    return (pair_t.abs() < 1e-6).all(dim=-2, keepdim=True).expand_as(pair_t)
+
+
 @pytest.mark.parametrize("name", _trajectory_names())
 def test_perturbation_reproduces_global_rng_draw(name):
     """The original draws randn_like(t) from the global RNG right after torch.manual_seed(seed) (README §4)."""
     meta, ref = _trajectory(name)
     before, after = ref["pair_t_before_perturbation"], ref["pair_t_after_perturbation"]
+    zero = _zero_translations(before)
+    # whatever made the draw: it replaced exactly the zero translations, by 1e-6·N(0,1) values
+    assert bool(zero.any()), "same-frame pairs always have zero translation"
+    assert torch.equal(after[~zero], before[~zero])
+    assert bool((after[zero] != 0).all()) and float(after[zero].abs().max()) < 1e-5
+    if meta["perturbation_seed"] is None:  # a recorded draw that no seed makes (tests/tools/remix_golden.py)
+        return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(meta["perturbation_seed"])
         assert torch.equal(camera.perturb_zero_translations(before), after)
@@ -124,31 +137,34 @@ def test_epipolar_structures_from_w2c(name):
     meta, ref = _trajectory(name)
     rel = camera.relative_c2w(ref["w2c"], ref["cond_frame_index"], meta["trace_scale_factor"])
     strides = [_stride(k) for k in meta["masks"]]
-    generator = torch.Generator().manual_seed(meta["perturbation_seed"])
-    masks, pair_t = camera.epipolar_structures(rel, ref["K"], meta["H"], meta["W"], strides, generator=generator)
-    torch.testing.assert_close(pair_t, ref["pair_t_after_perturbation"], atol=ATOL, rtol=0)
-    assert sorted(masks) == sorted(strides)
-    for stride in strides:
-        _compare_masks(masks[stride], ref, "", stride, masks[stride].shape[-1])
-    # Injecting the recorded draw gives the same masks and hands the injected translations back.
+    # Injecting the recorded draw gives the stored masks and hands the injected translations back.
     injected, pair_t = camera.epipolar_structures(rel, ref["K"], meta["H"], meta["W"], strides,
                                                   pair_t=ref["pair_t_after_perturbation"])
     assert torch.equal(pair_t, ref["pair_t_after_perturbation"])
+    assert sorted(injected) == sorted(strides)
+    for stride in strides:
+        _compare_masks(injected[stride], ref, "", stride, injected[stride].shape[-1])
+    if meta["perturbation_seed"] is None:  # no seed recorded: the draw can only be injected
+        return
+    generator = torch.Generator().manual_seed(meta["perturbation_seed"])
+    masks, pair_t = camera.epipolar_structures(rel, ref["K"], meta["H"], meta["W"], strides, generator=generator)
+    torch.testing.assert_close(pair_t, ref["pair_t_after_perturbation"], atol=ATOL, rtol=0)
     assert all(torch.equal(injected[d], masks[d]) for d in strides)
 
 
 # -- golden fixture C: the batch-2 camera condition of the UNet call ---------------------------------------------
 
 def _fixture_c_geometry(ref: dict) -> tuple[int, int, list[int]]:
-    """(H, W, mask strides) of a UNet-call fixture, read from its own tensors: the latent x_t [B,C,T,h,w] of the
-    KL-f8 VAE gives the picture size, the stored `camera.epipolar_mask_d<stride>` keys the strides."""
+    """(H, W, mask strides) of a UNet-call fixture, read from its own tensors: the latent x_t [B,C,T,h,w] times the
+    folder's VAE factor gives the picture size, the stored `camera.epipolar_mask_d<stride>` keys the strides."""
     h, w = ref["x_t"].shape[-2:]
     strides = sorted((_stride(k.split(".")[1]) for k in ref if k.startswith("camera.epipolar_mask_d")), reverse=True)
-    return 8 * h, 8 * w, strides
+    return latent_factor() * h, latent_factor() * w, strides
 
 
-def test_unet_call_camera_condition_matches_original():
-    ref = load_tensors("unet_forward/cami2v_unet_fp32.safetensors")
+@pytest.mark.parametrize("case", unet_cases(stores=("x_t", "camera.F")))
+def test_unet_call_camera_condition_matches_original(case):
+    ref = load_tensors(f"unet_forward/{case}.safetensors")
     rel = camera.relative_c2w(ref["w2c"], ref["cond_frame_index"])
     torch.testing.assert_close(rel, ref["camera.relative_c2w"], atol=ATOL, rtol=0)
     pairs = camera.relative_pairs(rel)
@@ -167,9 +183,22 @@ def test_unet_call_camera_condition_matches_original():
         _compare_masks(mask, ref, "camera.", stride, mask.shape[-1])
 
 
-def test_motionctrl_rt_matches_original():
-    inputs = load_tensors("unet_forward/cami2v_unet_fp32.safetensors")
-    expected = load_tensors("unet_forward/motionctrl_unet_fp32.safetensors")["camera.RT_relative_w2c_3x4_flat"]
+@pytest.mark.parametrize("case", unet_cases(stores=("x_t", "camera.pair_t_after_perturbation")))
+def test_unet_call_perturbation_is_the_seeded_draw(case):
+    """The UNet call's recorded draw is randn over its whole [B,T,T,3,1] pair translations after the README's seed."""
+    seed = unet_call_perturbation_seed()
+    if seed is None:
+        pytest.skip("the fixture README names no seed for the UNet call's perturbation; the tests inject the draw")
+    ref = load_tensors(f"unet_forward/{case}.safetensors")
+    before, after = ref["camera.pair_t_before_perturbation"], ref["camera.pair_t_after_perturbation"]
+    assert not torch.equal(before, after)
+    assert torch.equal(camera.perturb_zero_translations(before, torch.Generator().manual_seed(seed)), after)
+
+
+@pytest.mark.parametrize("case", unet_cases(stores=("camera.RT_relative_w2c_3x4_flat",)))
+def test_motionctrl_rt_matches_original(case):
+    inputs = load_tensors(f"unet_forward/{unet_inputs_case()}.safetensors")
+    expected = load_tensors(f"unet_forward/{case}.safetensors")["camera.RT_relative_w2c_3x4_flat"]
     rel = camera.relative_c2w(inputs["w2c"], inputs["cond_frame_index"])
     torch.testing.assert_close(camera.motionctrl_rt(rel), expected, atol=ATOL, rtol=0)
 

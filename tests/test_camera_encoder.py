@@ -10,11 +10,10 @@ import torch
 
 from cami2v_core.modules.camera_encoder import CameraPoseEncoder
 from tests.devices import is_default
-from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_json, load_tensors, require
+from tests.golden import (KEYS_DIR, golden_state_dict, load_json, load_tensors, model_params, require, unet_cases,
+                          unet_inputs_case)
 
 PREFIX = "pose_encoder."
-FP32 = "unet_forward/cami2v_unet_fp32.safetensors"
-FP64 = "unet_forward/cami2v_unet_fp64.safetensors"
 TRAJECTORIES = "camera/trajectories.json"
 # The released pose encoder, `pose_encoder_config.params` of configs/inference/003_cami2v_256x256.yaml (spec §4.1).
 FULL = dict(downscale_factor=8, channels=[320, 640, 1280, 1280], nums_rb=2, cin=384, ksize=1, sk=True, use_conv=False,
@@ -26,11 +25,8 @@ ATOL_FP64 = 1e-12  # observed ~2e-15
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:
-    """The fixture's pose-encoder params, read from its own config (golden/configs/cami2v_tiny.yaml)."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
-    return OmegaConf.to_container(config.model.params.pose_encoder_config.params, resolve=True)
+    """The fixture's pose-encoder params, read from its own config (golden/configs/cami2v_*.yaml)."""
+    return model_params("pose_encoder_config")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +37,12 @@ def encoder(tiny):
     return model
 
 
-@pytest.fixture(scope="module")
-def fixture_c():
-    return load_tensors(FP32)
+@pytest.fixture(scope="module", params=unet_cases(stores=("x_t",)))
+def fixture_c(request):
+    """The UNet-call case that stores the call's inputs (README §5; one per folder, see unet_inputs_case); the
+    other cases are the same call through another variant or dtype."""
+    assert request.param == unet_inputs_case()
+    return load_tensors(f"unet_forward/{request.param}.safetensors")
 
 
 def _trajectories_of(fixture: dict) -> list[str]:
@@ -51,10 +50,14 @@ def _trajectories_of(fixture: dict) -> list[str]:
     names = []
     for w2c in fixture["w2c"]:
         found = [n for n in load_json(TRAJECTORIES) if not n.startswith("_")
-                 and torch.equal(load_tensors(f"camera/{n}.safetensors")["w2c"].reshape(w2c.shape), w2c)]
+                 and _same(load_tensors(f"camera/{n}.safetensors")["w2c"][0], w2c)]
         assert found, "a sample of the UNet-call fixture matches no camera/ trajectory"
         names.append(found[0])
     return names
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 def _golden_plucker(fixture: dict) -> torch.Tensor:
@@ -95,10 +98,11 @@ def test_pose_features_match_golden_fp32(encoder, fixture_c, tiny, device, dtype
 
 
 @torch.no_grad()
-def test_pose_features_match_golden_fp64(encoder, fixture_c, tiny):
+@pytest.mark.parametrize("case", unet_cases(variant="cami2v", dtype="float64", stores=("camera.pose_features.0",)))
+def test_pose_features_match_golden_fp64(encoder, fixture_c, tiny, case):
     # README §6: the fp64 reference recomputed the relative poses and the Plücker in float64 from the float32 w2c
     # and K; so do we, independently of cami2v_core.camera.
-    golden64 = load_tensors(FP64)
+    golden64 = load_tensors(f"unet_forward/{case}.safetensors")
     c2w = torch.linalg.inv(fixture_c["w2c"].double())
     ref = c2w[torch.arange(len(c2w)), fixture_c["cond_frame_index"]]  # [B, 4, 4]
     rel_c2w = torch.linalg.inv(ref)[:, None] @ c2w  # spec §6.3, trace scale 1

@@ -56,12 +56,22 @@ def counted(monkeypatch):
     return model, counters
 
 
+def _path(model):
+    """A small orbit with one pose per frame of the model."""
+    return _orbit_w2c(model.config.temporal_length)
+
+
+def _latent_shape(model) -> tuple[int, ...]:
+    """[1, C, T, h, w] of one video of the model (the golden tiny config's latent)."""
+    return (1, model.config.channels, model.config.temporal_length, *model.config.image_size)
+
+
 @pytest.mark.parametrize("batch_branches", [True, False])
 def test_structures_are_built_once_per_video(counted, batch_branches):
     model, counters = counted
     epi.set_kernel("gathered")  # the tiny model's masks are small: "auto" would keep them dense
     steps = 3
-    sample_latent(model, make_photo(64, 64, seed=1), _orbit_w2c(), None, "a valley", "blurry", steps=steps, seed=5,
+    sample_latent(model, make_photo(64, 64, seed=1), _path(model), None, "a valley", "blurry", steps=steps, seed=5,
                   cfg_text=5.0, cfg_camera=2.0, batch_branches=batch_branches)
     levels = len(model.config.epipolar["attention_resolution"])
     assert counters["masks"].calls == 1
@@ -79,7 +89,7 @@ def test_condition_holds_the_gathered_form_only(counted):
     32x32 level); layouts are built while encoding, before the first UNet call."""
     model, counters = counted
     epi.set_kernel("gathered")
-    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _path(model), prompt="a valley")
     masks = cond.camera.epipolar_masks
     assert masks and all(isinstance(m, EpipolarBlockMask) for m in masks.values())
     assert counters["layouts"].calls == len(masks)
@@ -87,7 +97,7 @@ def test_condition_holds_the_gathered_form_only(counted):
 
 def test_auto_keeps_small_masks_dense_in_the_condition(counted):
     model, counters = counted
-    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _path(model), prompt="a valley")
     assert all(torch.is_tensor(m) and m.dtype == torch.bool for m in cond.camera.epipolar_masks.values())
     assert counters["layouts"].calls == 0
 
@@ -100,7 +110,7 @@ def test_dense_masks_are_padded_and_biased_once_per_video(counted, monkeypatch, 
 
     model, _ = counted
     epi.set_kernel("dense")
-    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley")
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _path(model), prompt="a valley")
     builds = Counter(epi._final_dense_form)
     monkeypatch.setattr(epi, "_final_dense_form", builds)
     forms = []
@@ -120,7 +130,7 @@ def test_dense_masks_are_padded_and_biased_once_per_video(counted, monkeypatch, 
                                  "c_concat": cond.c_concat.to("meta"), "fs": cond.fs.to("meta"),
                                  "camera": cond.camera.to("meta")})
     denoise = make_denoiser(model, cond)
-    x = torch.randn(1, 4, 8, 8, 8).to(device)
+    x = torch.randn(_latent_shape(model)).to(device)
     with torch.no_grad():
         for step in range(3):  # three steps, the two guidance branches batched
             denoise(x, torch.tensor([900 - 300 * step], device=device), ("cond", "uncond"))
@@ -148,7 +158,7 @@ def test_step_loop_reads_no_value_off_the_cpu(kernel):
 
     epi.set_kernel(kernel)
     model = _tiny_model("cami2v")
-    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _orbit_w2c(), prompt="a valley",
+    cond = encode_conditioning(model, make_photo(64, 64, seed=1), _path(model), prompt="a valley",
                                branches=("cond", "uncond", "nocam"))
     schedule = make_ddim_schedule(model.alphas_cumprod, 2, eta=1.0)
     meta = copy.deepcopy(model).to("meta")
@@ -157,7 +167,7 @@ def test_step_loop_reads_no_value_off_the_cpu(kernel):
                              "camera": cond.camera.to("meta")})
     kinds = {type(m) for m in cond.camera.epipolar_masks.values()}
     assert kinds == {EpipolarBlockMask if kernel == "gathered" else torch.Tensor}
-    x_T = torch.randn(1, 4, 8, 8, 8).to("meta")
+    x_T = torch.randn(_latent_shape(model)).to("meta")
     with torch.no_grad():
         guidance = Guidance(cfg_text=5.0, cfg_camera=2.0, rescale=0.7)
         out = sample_ddim(make_denoiser(meta, cond), x_T, schedule, guidance,

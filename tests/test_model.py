@@ -12,19 +12,19 @@ from safetensors.torch import save_file
 from cami2v_core.checkpoint import CONFIG_METADATA_KEY, CheckpointError, save_safetensors
 from cami2v_core.configs import PRESETS
 from cami2v_core.model import SCHEDULE_BUFFERS, build_model, load_model
-from tests.golden import (GOLDEN_DIR, KEYS_DIR, golden_state_dict, index_names, load_json, load_tensors, require,
-                          unpack_mask)
+from tests.golden import (GOLDEN_DIR, KEYS_DIR, MISSING, config_path, golden_state_dict, index_names, latent_factor,
+                          load_json, load_tensors, require, unet_cases, unet_inputs_case, unpack_mask, variant_of)
 
-VARIANTS = ("cami2v", "cameractrl", "motionctrl")
+VARIANTS = ("cami2v", "cameractrl", "motionctrl")  # the tiny models of the golden folder (configs/<variant>_*.yaml)
 EPS_ATOL = 1e-4  # golden README §11: fp32 UNet eps
 ENCODER_ATOL = 1e-5  # encoder outputs were identical across thread counts in the original (README §11)
 
 
 @pytest.fixture(scope="module")
 def models():
-    """The three tiny golden models, loaded strictly in float32 (built once per module)."""
+    """The three tiny golden models, built from their YAML and loaded strictly in float32 (once per module)."""
     torch.manual_seed(0)
-    return {v: load_model(golden_state_dict(v)) for v in VARIANTS}
+    return {v: load_model(golden_state_dict(v), config=config_path(v), dtype="fp32") for v in VARIANTS}
 
 
 # -- keys ------------------------------------------------------------------------------------------------------------
@@ -154,21 +154,23 @@ def test_zero_snr_schedule_is_recomputed_after_loading():
 
 # -- parity with the original (golden README §5, §7) -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def unet_case():
-    return load_tensors("unet_forward/cami2v_unet_fp32.safetensors")
+@pytest.fixture(scope="module", params=unet_cases(stores=("x_t",)))
+def unet_case(request):
+    """The UNet-call case that stores the call's inputs (README §5); the other cases reuse them."""
+    assert request.param == unet_inputs_case()
+    return load_tensors(f"unet_forward/{request.param}.safetensors")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_whole_model_eps_matches_original(models, unet_case, variant):
+@pytest.mark.parametrize("case", unet_cases(dtype="float32"))
+def test_whole_model_eps_matches_original(models, unet_case, case):
     c = unet_case
-    model = models[variant]
+    model = models[variant_of(case)]
     with torch.no_grad():
         camera = model.prepare_camera(c["w2c"], c["K"], c["cond_frame_index"],
                                       pair_t=c["camera.pair_t_after_perturbation"])
         eps = model.apply_model(c["x_t"], c["timesteps"], c["context"], c["c_concat"], c["fs"], camera=camera)
         eps_nocam = model.apply_model(c["x_t"], c["timesteps"], c["context"], c["c_concat"], c["fs"], camera=None)
-    golden = load_tensors(f"unet_forward/{variant}_unet_fp32.safetensors")
+    golden = load_tensors(f"unet_forward/{case}.safetensors")
     torch.testing.assert_close(eps, golden["eps"], atol=EPS_ATOL, rtol=0)
     # the no-camera call is plain DynamiCrafter, identical for the three variants (golden README §5)
     torch.testing.assert_close(eps_nocam, c["eps_nocam"], atol=EPS_ATOL, rtol=0)
@@ -179,7 +181,7 @@ def test_camera_condition_matches_original(models, unet_case):
     with torch.no_grad():
         cam = models["cami2v"].prepare_camera(c["w2c"], c["K"], c["cond_frame_index"],
                                              pair_t=c["camera.pair_t_after_perturbation"])
-    assert cam.origin_h == 8 * c["x_t"].shape[-2] and cam.rt is None  # the picture height of the KL-f8 latent
+    assert cam.origin_h == latent_factor() * c["x_t"].shape[-2] and cam.rt is None  # the picture height
     assert len(cam.pose_features) == len([k for k in c if k.startswith("camera.pose_features.")])
     for level, feature in enumerate(cam.pose_features):
         torch.testing.assert_close(feature, c[f"camera.pose_features.{level}"], atol=EPS_ATOL, rtol=0)
@@ -190,10 +192,11 @@ def test_camera_condition_matches_original(models, unet_case):
         assert torch.equal(mask.cpu(), unpack_mask(packed, mask.shape[-1])), d
 
 
-def test_motionctrl_rt_matches_original(models, unet_case):
+@pytest.mark.parametrize("case", unet_cases(variant="motionctrl", stores=("camera.RT_relative_w2c_3x4_flat",)))
+def test_motionctrl_rt_matches_original(models, unet_case, case):
     c = unet_case
     cam = models["motionctrl"].prepare_camera(c["w2c"], c["K"], c["cond_frame_index"])
-    rt = load_tensors("unet_forward/motionctrl_unet_fp32.safetensors")["camera.RT_relative_w2c_3x4_flat"]
+    rt = load_tensors(f"unet_forward/{case}.safetensors")["camera.RT_relative_w2c_3x4_flat"]
     assert cam.pose_features is None and cam.epipolar_masks is None
     torch.testing.assert_close(cam.rt, rt, atol=1e-5, rtol=0)
 
@@ -207,18 +210,18 @@ SAMPLING_RUNS = "sampling/sampling_runs.json"
 
 
 def _cami2v_runs_with_conditioning() -> list[str]:
-    """The CamI2V sampling runs (the generator names each run `<variant>_...`) that store their conditioning
-    (a run whose conditioning equals another's stores only its sampling steps)."""
+    """The CamI2V sampling runs (the generator names each run `<variant>_...`, tests/golden.variant_of) that store
+    their conditioning (a run whose conditioning equals another's stores only its sampling steps)."""
     from safetensors import safe_open
 
     names = []
     for name in index_names(SAMPLING_RUNS):
         path = GOLDEN_DIR / "sampling" / f"{name}.safetensors"
-        if not path.is_file():  # a missing folder: keep the case, so it fails (CI) or skips (locally) via require
+        if name == MISSING or not path.is_file():  # keep the case, so it fails (CI) or skips (locally) via require
             names.append(name)
             continue
         with safe_open(str(path), "pt") as f:
-            if name.startswith("cami2v_") and "cond.embedder_in_cond_image" in f.keys():
+            if variant_of(name) == "cami2v" and "cond.embedder_in_cond_image" in f.keys():
                 names.append(name)
     return names
 

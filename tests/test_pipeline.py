@@ -15,19 +15,38 @@ from cami2v_core.pipeline import (LATENT_RGB_FACTORS, Draws, PipelineError, chec
                                   fit_latent_rgb, from_comfy_latent, generate, image_to_uint8,
                                   intrinsics_from_normalized, latent_preview, prepare_image, sample_latent,
                                   target_size, to_comfy_latent)
-from tests.golden import index_names, GOLDEN_DIR, golden_state_dict, load_json, load_tensors, require
+from tests.golden import (GOLDEN_DIR, MISSING, config_path, golden_state_dict, index_names, load_json, load_tensors,
+                          require, variant_of)
 from tests.synthetic_photo import make_photo
+
+SAMPLING_RUNS = "sampling/sampling_runs.json"
 
 # -- preprocessing (spec §6.1) ------------------------------------------------------------------------------------
 
 
-def test_image_at_model_size_is_the_originals_batch_exactly():
-    """Golden README §7: the batch image is (u/255 - 0.5)·2 of the 64x64 picture; K = demo default."""
-    rec = load_tensors("sampling/cami2v_ddim4_eta0_cam2.safetensors")
-    prepared = prepare_image(rec["input.image_u8"].numpy(), 64, 64)
+def _runs_with_inputs() -> list[str]:
+    """The sampling runs that store their own batch (`input.image_u8`); the others share one of these."""
+    names = []
+    for name in index_names(SAMPLING_RUNS):
+        path = GOLDEN_DIR / "sampling" / f"{name}.safetensors"
+        if name == MISSING or not path.is_file():  # keep the case, so it fails (CI) or skips (locally) via require
+            names.append(name)
+            continue
+        with safe_open(str(path), "pt") as f:
+            if "input.image_u8" in f.keys():
+                names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("run", _runs_with_inputs())
+def test_image_at_model_size_is_the_originals_batch_exactly(run):
+    """Golden README §7: the batch image is (u/255 - 0.5)·2 of the picture at model size; K = demo default."""
+    rec = load_tensors(f"sampling/{run}.safetensors")
+    height, width = rec["input.image_u8"].shape[:2]
+    prepared = prepare_image(rec["input.image_u8"].numpy(), height, width)
     assert torch.equal(prepared.pixels, rec["cond.embedder_in_cond_image"])
     assert torch.equal(prepared.K, rec["input.K"][0, 0])
-    assert prepared.resized_hw == (64, 64)
+    assert prepared.resized_hw == (height, width)
 
 
 def test_float_and_pil_inputs_match_uint8():
@@ -169,8 +188,6 @@ def test_fit_falls_back_to_the_prior_where_the_picture_says_nothing():
 
 # -- the whole path through the tiny models ----------------------------------------------------------------------
 
-SAMPLING_RUNS = "sampling/sampling_runs.json"
-
 
 def _runs():
     return index_names(SAMPLING_RUNS)
@@ -184,8 +201,7 @@ def _tiny_model(variant: str):
     if variant not in _MODELS:
         from cami2v_core.model import load_model
 
-        config = require(GOLDEN_DIR / "configs" / f"{variant}_tiny.yaml")
-        _MODELS[variant] = load_model(golden_state_dict(variant), config=config, dtype="fp32")
+        _MODELS[variant] = load_model(golden_state_dict(variant), config=config_path(variant), dtype="fp32")
     return _MODELS[variant]
 
 
@@ -211,8 +227,7 @@ def _replay(run: str, batch_branches: bool = True, calls: list | None = None):
     settings = index[run]["settings"]
     rec = load_tensors(f"sampling/{run}.safetensors")
     inputs = _inputs_for(run, rec)
-    variant = run.split("_")[0]
-    model = _tiny_model(variant)
+    model = _tiny_model(variant_of(run))
     steps = settings["ddim_steps"]
     draws = Draws(posterior_noise=inputs["cond.posterior_noise"],
                   pair_t=inputs["camera.pair_t_after_perturbation"] if model.config.epipolar is not None else None,
@@ -291,7 +306,7 @@ def test_golden_conditioning_and_call_order_unbatched():
     _close(final, rec["final_latent"])
 
 
-def _orbit_w2c(frames: int = 8) -> np.ndarray:
+def _orbit_w2c(frames: int) -> np.ndarray:
     """A small orbit: yaw up to 20° about a point 2 units ahead (w2c, OpenCV axes)."""
     w2c = []
     for a in np.radians(np.linspace(0, 20, frames)):
@@ -313,7 +328,8 @@ def _count_calls(model, **kwargs):
 
     model.apply_model = counting
     try:
-        latent = sample_latent(model, make_photo(90, 120, seed=11), _orbit_w2c(), None, "a valley", "blurry",
+        latent = sample_latent(model, make_photo(90, 120, seed=11), _orbit_w2c(model.config.temporal_length), None,
+                               "a valley", "blurry",
                                steps=2, seed=3, **kwargs)
     finally:
         del model.apply_model
@@ -344,20 +360,22 @@ def test_equal_scales_are_the_single_scale_run_and_batching_changes_nothing():
 
 def test_seed_repeats_and_offload_keeps_the_result():
     model = _tiny_model("cami2v")
-    a = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=21)
-    b = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=21, offload=True)
-    c = generate(model, make_photo(90, 120, seed=12), _orbit_w2c(), "a valley", steps=2, seed=22)
-    assert a.shape == (8, 64, 64, 3) and a.dtype == torch.float32
+    w2c = _orbit_w2c(model.config.temporal_length)
+    a = generate(model, make_photo(90, 120, seed=12), w2c, "a valley", steps=2, seed=21)
+    b = generate(model, make_photo(90, 120, seed=12), w2c, "a valley", steps=2, seed=21, offload=True)
+    c = generate(model, make_photo(90, 120, seed=12), w2c, "a valley", steps=2, seed=22)
+    assert a.shape == (model.config.temporal_length, *model.config.resolution, 3) and a.dtype == torch.float32
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_bad_frame_index_and_pose_count_are_refused():
     model = _tiny_model("cami2v")
+    frames = model.config.temporal_length
     with pytest.raises(PipelineError, match="frame index"):
-        sample_latent(model, make_photo(64, 64), _orbit_w2c(), steps=1, cond_frame_index=8)
-    with pytest.raises(PipelineError, match="has 5 poses"):
-        sample_latent(model, make_photo(64, 64), _orbit_w2c(5), steps=1)
+        sample_latent(model, make_photo(64, 64), _orbit_w2c(frames), steps=1, cond_frame_index=frames)
+    with pytest.raises(PipelineError, match=f"has {frames - 3} poses"):
+        sample_latent(model, make_photo(64, 64), _orbit_w2c(frames - 3), steps=1)
 
 
 def test_decode_in_chunks_matches_the_golden_vae():
@@ -387,7 +405,8 @@ def test_v_model_path_uses_zero_snr_dynamic_rescale_and_fps():
     assert frame_condition(model, 6) == 4 and frame_condition(model, 2) == 14
     assert float(model.alphas_cumprod[-1]) == 0.0
     seen = []
-    sample_latent(model, make_photo(64, 64, seed=13), _orbit_w2c(), steps=2, cfg_text=1.0, seed=1, frame_stride=6,
+    sample_latent(model, make_photo(64, 64, seed=13), _orbit_w2c(config.temporal_length), steps=2, cfg_text=1.0, seed=1,
+                  frame_stride=6,
                   callback=seen.append)
     # Step 0 is t = 999 where √ᾱ = 0: x0 = -v, moved from scale s(999) to the next step's s(499).
     assert [info.t for info in seen] == [999, 499]

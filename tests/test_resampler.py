@@ -8,17 +8,22 @@ import pytest
 import torch
 
 from cami2v_core.modules.resampler import PerceiverAttention, Resampler
-from tests.golden import GOLDEN_DIR, KEYS_DIR, golden_state_dict, load_tensors, require
+from tests.golden import KEYS_DIR, MISSING, fixture_tensors, golden_state_dict, load_tensors, model_params, require
 
 ENCODERS = "encoders/encoders.safetensors"
 PREFIX = "image_proj_model."
-# image_proj_stage_config.params of golden/configs/cami2v_tiny.yaml
-TINY = dict(dim=64, depth=2, dim_head=16, heads=3, num_queries=16, embedding_dim=48, output_dim=64, ff_mult=4,
-            video_length=8)
 # spec §3.3
 FULL = dict(dim=1024, depth=4, dim_head=64, heads=12, num_queries=16, embedding_dim=1280, output_dim=1024, ff_mult=4,
             video_length=16)
 ATOL = 1e-5  # observed ~2e-6 on outputs of magnitude ~4
+
+
+def _image_cases() -> list[str]:
+    """The image cases of the encoder fixture: every `<name>_resampler_out` (README §9), from manifest.json."""
+    try:
+        return sorted(k[:-len("_resampler_out")] for k in fixture_tensors(ENCODERS) if k.endswith("_resampler_out"))
+    except pytest.skip.Exception:
+        return [MISSING]
 
 
 @pytest.fixture(scope="module")
@@ -27,25 +32,33 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def resampler():
+def tiny() -> dict:
+    """image_proj_stage_config.params of the fixture's CamI2V YAML (golden/configs/cami2v_*.yaml)."""
+    return model_params("image_proj_stage_config")
+
+
+@pytest.fixture(scope="module")
+def resampler(tiny):
     sd = {k[len(PREFIX):]: v for k, v in golden_state_dict("cami2v").items() if k.startswith(PREFIX)}
-    model = Resampler(**TINY).eval()
+    model = Resampler(**tiny).eval()
     model.load_state_dict(sd, strict=True)
     return model
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["image64", "image256", "zero_image"])
-def test_matches_golden(resampler, golden, name):
+@pytest.mark.parametrize("name", _image_cases())
+def test_matches_golden(resampler, tiny, golden, name):
     out = resampler(golden[f"{name}_embedder_out"])
     expected = golden[f"{name}_resampler_out"]
-    assert out.shape == expected.shape == (1, 16 * 8, 64)
+    # per-frame image tokens: num_queries per frame of the video (README §2)
+    assert out.shape == expected.shape == (1, tiny["num_queries"] * tiny["video_length"], tiny["output_dim"])
     torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
 
 
 @torch.no_grad()
 def test_batch_rows_are_independent(resampler, golden):
-    names = ["image64", "image256", "zero_image"]
+    names = sorted(k[:-len("_resampler_out")] for k in golden if k.endswith("_resampler_out"))
+    assert len(names) > 1, "the encoder fixture needs two images to show independence"
     out = resampler(torch.cat([golden[f"{n}_embedder_out"] for n in names]))
     for i, n in enumerate(names):
         torch.testing.assert_close(out[i:i + 1], golden[f"{n}_resampler_out"], rtol=0, atol=ATOL)
@@ -78,10 +91,11 @@ def test_perceiver_attention_equals_plain_softmax_attention_float64():
     torch.testing.assert_close(attn(x, latents), expected, rtol=0, atol=1e-12)
 
 
-def test_without_video_length_there_are_num_queries_tokens():
-    model = Resampler(**{**TINY, "video_length": None})
-    assert model.latents.shape == (1, 16, 64)
-    assert model(torch.zeros(2, 257, 48)).shape == (2, 16, 64)
+def test_without_video_length_there_are_num_queries_tokens(tiny):
+    model = Resampler(**{**tiny, "video_length": None})
+    queries, width = tiny["num_queries"], tiny["dim"]
+    assert model.latents.shape == (1, queries, width)
+    assert model(torch.zeros(2, 257, tiny["embedding_dim"])).shape == (2, queries, tiny["output_dim"])
 
 
 def test_state_dict_matches_golden_keys_and_shapes(resampler):
@@ -104,20 +118,19 @@ def test_full_size_keys_shapes_and_order_match_manifest(manifest):
     assert sum(p.numel() for p in model.parameters()) == 48_787_456  # keys/README.md, image_proj_model
 
 
-def test_errors_say_what_was_expected(resampler):
-    with pytest.raises(ValueError, match=r"\[B, N, 48\].*\(1, 257, 64\)"):
-        resampler(torch.zeros(1, 257, 64))
-    with pytest.raises(ValueError, match=r"\[B, N, 48\]"):
-        resampler(torch.zeros(257, 48))
+def test_errors_say_what_was_expected(resampler, tiny):
+    width = tiny["embedding_dim"]
+    with pytest.raises(ValueError, match=rf"\[B, N, {width}\].*\(1, 257, {width + 16}\)"):
+        resampler(torch.zeros(1, 257, width + 16))
+    with pytest.raises(ValueError, match=rf"\[B, N, {width}\]"):
+        resampler(torch.zeros(257, width))
     with pytest.raises(TypeError, match="unexpected keyword argument 'num_latents'"):
-        Resampler(**TINY, num_latents=4)
+        Resampler(**tiny, num_latents=4)
 
 
-def test_original_yaml_params_pass_straight_through():
-    # an importer hands the original `image_proj_stage_config.params` over unchanged (golden/configs/cami2v_tiny.yaml)
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(require(GOLDEN_DIR / "configs" / "cami2v_tiny.yaml"))
-    params = OmegaConf.to_container(config.model.params.image_proj_stage_config.params, resolve=True)
-    model = Resampler(**params)
-    assert model(torch.zeros(1, 257, 48)).shape == (1, 128, 64)
+def test_original_yaml_params_pass_straight_through(tiny, golden):
+    # an importer hands the original `image_proj_stage_config.params` (golden/configs/cami2v_*.yaml) over unchanged:
+    # the Resampler it builds maps the fixture's image tokens to the fixture's shape
+    name = next(k[:-len("_resampler_out")] for k in golden if k.endswith("_resampler_out"))
+    model = Resampler(**tiny)
+    assert model(torch.zeros_like(golden[f"{name}_embedder_out"])).shape == golden[f"{name}_resampler_out"].shape

@@ -12,7 +12,7 @@ from cami2v_core.sampling import (Guidance, SamplingError, StepInfo, camera_guid
                                   ddim_coefficients, ddim_step, ddim_timesteps, dynamic_rescale_table,
                                   eps_prediction, make_ddim_schedule, rescale_guidance, sample_ddim,
                                   schedule_alphas_cumprod, v_prediction)
-from tests.golden import index_names, REFERENCE_DIR, load_json, load_tensors
+from tests.golden import REFERENCE_DIR, golden_state_dict, index_names, load_json, load_tensors, variant_of
 
 SAMPLING_RUNS = "sampling/sampling_runs.json"
 
@@ -27,6 +27,11 @@ def _runs():
 
 def _settings(run):
     return load_json(SAMPLING_RUNS)[run]["settings"]
+
+
+def _alphas_cumprod(run) -> torch.Tensor:
+    """The schedule buffer of the model that made the run (its variant: the run is named `<variant>_...`)."""
+    return golden_state_dict(variant_of(run))["alphas_cumprod"]
 
 
 def _guidance(settings):
@@ -115,8 +120,7 @@ def test_lowest_step_uses_alpha_zero_and_dynamic_scales():
 def test_golden_schedule_and_coefficients(run):
     rec = load_tensors(f"sampling/{run}.safetensors")
     settings = _settings(run)
-    sd = load_tensors("weights/cami2v_tiny.safetensors")
-    sched = make_ddim_schedule(sd["alphas_cumprod"], settings["ddim_steps"], settings["ddim_eta"],
+    sched = make_ddim_schedule(_alphas_cumprod(run), settings["ddim_steps"], settings["ddim_eta"],
                                settings["timestep_spacing"])
     assert torch.equal(sched.timesteps, rec["schedule.ddim_timesteps"])
     assert torch.equal(sched.alphas, rec["schedule.ddim_alphas"])
@@ -133,13 +137,20 @@ def test_golden_schedule_and_coefficients(run):
 
 
 @pytest.mark.parametrize("run", _runs())
+def test_golden_x_T_is_the_indexed_seeds_draw(run):
+    """x_T is randn of its shape from a torch.Generator seeded with the index's x_T_seed (README §7)."""
+    rec = load_tensors(f"sampling/{run}.safetensors")
+    seed = load_json(SAMPLING_RUNS)[run]["x_T_seed"]
+    assert torch.equal(torch.randn(rec["x_T"].shape, generator=torch.Generator().manual_seed(seed)), rec["x_T"])
+
+
+@pytest.mark.parametrize("run", _runs())
 def test_golden_guidance_rescale_and_ddim_step(run):
     """Each recorded step: stored branch outputs -> e_cfg_before_rescale -> e_final -> pred_x0 -> x_prev."""
     rec = load_tensors(f"sampling/{run}.safetensors")
     settings = _settings(run)
     guidance = _guidance(settings)
-    sd = load_tensors("weights/cami2v_tiny.safetensors")
-    sched = make_ddim_schedule(sd["alphas_cumprod"], settings["ddim_steps"], settings["ddim_eta"],
+    sched = make_ddim_schedule(_alphas_cumprod(run), settings["ddim_steps"], settings["ddim_eta"],
                                settings["timestep_spacing"])
     for i in range(settings["ddim_steps"]):
         s = lambda name: rec[f"step{i}.{name}"]  # noqa: E731
@@ -162,8 +173,7 @@ def test_golden_full_loop_replays_every_x_t(run):
     rec = load_tensors(f"sampling/{run}.safetensors")
     settings = _settings(run)
     order = load_json(SAMPLING_RUNS)[run]["apply_model_call_order"]
-    sd = load_tensors("weights/cami2v_tiny.safetensors")
-    sched = make_ddim_schedule(sd["alphas_cumprod"], settings["ddim_steps"], settings["ddim_eta"],
+    sched = make_ddim_schedule(_alphas_cumprod(run), settings["ddim_steps"], settings["ddim_eta"],
                                settings["timestep_spacing"])
     names = {"cond": "e_cond", "uncond": "e_uncond", "nocam": "e_nocam"}
     calls, seen = [], []

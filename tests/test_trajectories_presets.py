@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import trajectories as tj
-from tests.golden import REFERENCE_DIR, load_json, load_tensors
+from tests.golden import MISSING, REFERENCE_DIR, load_json, load_tensors
 from trajectories import Trajectory
 
 ATOL = 1e-5  # golden README §11: relative poses
@@ -139,7 +139,7 @@ def _golden_cases(demo_only: bool = False):
     try:
         index = load_json("camera/trajectories.json")
     except pytest.skip.Exception:
-        return ["<missing golden folder>"]
+        return [MISSING]
     return sorted(k for k, v in index.items() if not demo_only or re.match(DEMO_SOURCE, v["source"]))
 
 

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from cami2v_core.modules.epipolar import EpipolarAttention
 from cami2v_core.modules.unet import UNetModel, timestep_embedding
 from tests.devices import assert_network_close, is_default
-from tests.golden import (GOLDEN_DIR, KEYS_DIR, REFERENCE_DIR, golden_state_dict, load_json, load_tensors, require,
-                          unpack_mask)
+from tests.golden import (KEYS_DIR, REFERENCE_DIR, config_path, golden_state_dict, latent_factor, load_json,
+                          load_tensors, require, unet_cases, unet_inputs_case, unpack_mask)
 
 PREFIX = "model.diffusion_model."
 FP32_ATOL = 1e-4  # golden README §11: fp32 UNet eps and block outputs
@@ -22,7 +22,7 @@ FP32_ATOL = 1e-4  # golden README §11: fp32 UNet eps and block outputs
 
 def tiny_unet(variant: str, dtype=torch.float32) -> UNetModel:
     """The tiny UNet of a golden variant, built from its YAML and loaded strictly with the golden weights."""
-    cfg = OmegaConf.load(require(GOLDEN_DIR / "configs" / f"{variant}_tiny.yaml"))
+    cfg = OmegaConf.load(config_path(variant))
     params = OmegaConf.to_container(cfg.model.params.unet_config.params)
     epipolar = cfg.model.params.get("epipolar_config")
     epipolar = OmegaConf.to_container(epipolar) if epipolar is not None else None
@@ -32,9 +32,12 @@ def tiny_unet(variant: str, dtype=torch.float32) -> UNetModel:
     return unet.to(dtype).eval()
 
 
-@pytest.fixture(scope="module")
-def fixture_c():
-    return load_tensors("unet_forward/cami2v_unet_fp32.safetensors")
+@pytest.fixture(scope="module", params=unet_cases(stores=("x_t",)))
+def fixture_c(request):
+    """The UNet-call case that stores the call's inputs (README §5; one per folder, see unet_inputs_case); the
+    other cases are the same call through another variant or dtype."""
+    assert request.param == unet_inputs_case()
+    return load_tensors(f"unet_forward/{request.param}.safetensors")
 
 
 def unet_inputs(g, dtype=torch.float32):
@@ -42,19 +45,38 @@ def unet_inputs(g, dtype=torch.float32):
     return x, g["timesteps"], g["context"].to(dtype), g["fs"]
 
 
+def picture_size(g) -> tuple[int, int]:
+    """(H, W) of the call: its latent x_t [B,C,T,h,w] times the folder's VAE factor."""
+    h, w = g["x_t"].shape[-2:]
+    return latent_factor() * h, latent_factor() * w
+
+
 def golden_masks(g) -> dict[int, torch.Tensor]:
+    """Every stored mask `camera.epipolar_mask_d<stride>`, unpacked to [B, T·h·w, T·h·w] (README §4)."""
     b, _, t = g["x_t"].shape[:3]
+    height, width = picture_size(g)
     masks = {}
-    for d, grid in ((8, 8), (16, 4), (32, 2)):  # tiny: 64 px image, latent 8x8 (golden README §4)
-        masks[d] = unpack_mask(g[f"camera.epipolar_mask_d{d}.packbits"], t * grid * grid)
-        assert masks[d].shape == (b, t * grid * grid, t * grid * grid)
+    for key in g:
+        if key.startswith("camera.epipolar_mask_d"):
+            d = int(key.split(".")[1].rsplit("_d", 1)[1])
+            cells = t * (height // d) * (width // d)
+            masks[d] = unpack_mask(g[key], cells)
+            assert masks[d].shape == (b, cells, cells)
+    assert masks, "the UNet-call fixture stores no epipolar mask"
     return masks
+
+
+def pose_features(g) -> list[torch.Tensor]:
+    """The stored pose-encoder levels `camera.pose_features.<level>`, in level order."""
+    levels = sorted(int(k.rsplit(".", 1)[1]) for k in g if k.startswith("camera.pose_features."))
+    assert levels == list(range(len(levels))) and levels, f"pose feature levels {levels}"
+    return [g[f"camera.pose_features.{i}"] for i in levels]
 
 
 def cami2v_camera(g, pose_file=None):
     pose = pose_file if pose_file is not None else g
-    return SimpleNamespace(pose_features=[pose[f"camera.pose_features.{i}"] for i in range(3)],
-                           epipolar_masks=golden_masks(g), rt=None, origin_h=64)
+    return SimpleNamespace(pose_features=pose_features(pose), epipolar_masks=golden_masks(g), rt=None,
+                           origin_h=picture_size(g)[0])
 
 
 def camera_on(camera, device, dtype):
@@ -72,13 +94,20 @@ def assert_close(actual, expected, atol, what):
 
 # -- fixture C: CamI2V tiny, fp32 ----------------------------------------------------------------------------------
 
+def internals_block(g) -> str:
+    """The module path of the camera block whose branches the fixture records (`internals.<path>.<branch>_out`)."""
+    paths = {k[len("internals."):].rsplit(".", 1)[0] for k in g if k.startswith("internals.")}
+    assert len(paths) == 1, f"internals of {len(paths)} blocks: {sorted(paths)}"
+    return paths.pop()
+
+
 @pytest.fixture(scope="module")
 def cami2v_run(fixture_c):
     torch.manual_seed(0)
     unet = tiny_unet("cami2v")
     g = fixture_c
     internals = {}
-    block = unet.input_blocks[1][2].transformer_blocks[0]
+    block = unet.get_submodule(internals_block(g))
     hooks = [block.pluker_projection.register_forward_hook(lambda m, i, o: internals.__setitem__("pluker", o)),
              block.epipolar.register_forward_hook(lambda m, i, o: internals.__setitem__("epipolar", o))]
     blocks = {}
@@ -116,7 +145,7 @@ def test_no_camera_is_base_dynamicrafter(device_run, fixture_c, dtype):
 
 
 def test_condition_with_all_fields_none_is_no_camera(cami2v_run, fixture_c):
-    empty = SimpleNamespace(pose_features=None, epipolar_masks=None, rt=None, origin_h=64)
+    empty = SimpleNamespace(pose_features=None, epipolar_masks=None, rt=None, origin_h=picture_size(fixture_c)[0])
     with torch.no_grad():
         eps = cami2v_run.unet(*unet_inputs(fixture_c), camera=empty)
     assert torch.equal(eps, cami2v_run.eps_nocam)
@@ -124,13 +153,13 @@ def test_condition_with_all_fields_none_is_no_camera(cami2v_run, fixture_c):
 
 def test_cami2v_block_outputs_match_original(cami2v_run, fixture_c):
     names = [k[len("block_out."):] for k in fixture_c if k.startswith("block_out.")]
-    assert len(names) == 9
+    assert names, "the fixture stores no block output"
     for name in names:
         assert_close(cami2v_run.blocks[name], fixture_c[f"block_out.{name}"], FP32_ATOL, name)
 
 
 def test_cami2v_camera_branch_internals(cami2v_run, fixture_c):
-    key = "internals.input_blocks.1.2.transformer_blocks.0."
+    key = f"internals.{internals_block(fixture_c)}."
     assert_close(cami2v_run.internals["pluker"], fixture_c[key + "pluker_projection_out"], FP32_ATOL, "pluker")
     assert_close(cami2v_run.internals["epipolar"], fixture_c[key + "epipolar_out"], FP32_ATOL, "epipolar")
 
@@ -149,8 +178,9 @@ def test_unmasked_epipolar_matches_recorded_sensitivity(cami2v_run, fixture_c):
 
 # -- float64 (golden README §6) --------------------------------------------------------------------------------------
 
-def test_cami2v_fp64_matches_original(fixture_c):
-    g64 = load_tensors("unet_forward/cami2v_unet_fp64.safetensors")
+@pytest.mark.parametrize("case", unet_cases(variant="cami2v", dtype="float64"))
+def test_cami2v_fp64_matches_original(fixture_c, case):
+    g64 = load_tensors(f"unet_forward/{case}.safetensors")
     unet = tiny_unet("cami2v", torch.float64)
     camera = cami2v_camera(fixture_c, pose_file=g64)
     with torch.no_grad():
@@ -163,12 +193,14 @@ def test_cami2v_fp64_matches_original(fixture_c):
 
 # -- CameraCtrl and MotionCtrl (spec §5) -----------------------------------------------------------------------------
 
-def test_cameractrl_matches_original(fixture_c):
+@pytest.mark.parametrize("case", unet_cases(variant="cameractrl", dtype="float32"))
+def test_cameractrl_matches_original(fixture_c, case):
     g = fixture_c
-    expected = load_tensors("unet_forward/cameractrl_unet_fp32.safetensors")["eps"]
+    expected = load_tensors(f"unet_forward/{case}.safetensors")["eps"]
     unet = tiny_unet("cameractrl")
-    camera = SimpleNamespace(pose_features=[g[f"camera.pose_features.{i}"] for i in range(3)],
-                             epipolar_masks=None, rt=None, origin_h=64)
+    # README §5: CameraCtrl's pose features are CamI2V's (same pose-encoder weights), stored with the inputs
+    camera = SimpleNamespace(pose_features=pose_features(g), epipolar_masks=None, rt=None,
+                             origin_h=picture_size(g)[0])
     with torch.no_grad():
         eps = unet(*unet_inputs(g), camera=camera)
         eps_nocam = unet(*unet_inputs(g), camera=None)
@@ -176,11 +208,12 @@ def test_cameractrl_matches_original(fixture_c):
     assert_close(eps_nocam, g["eps_nocam"], FP32_ATOL, "cameractrl eps_nocam")  # README §5: identical to CamI2V's
 
 
-def test_motionctrl_matches_original(fixture_c):
+@pytest.mark.parametrize("case", unet_cases(variant="motionctrl", dtype="float32"))
+def test_motionctrl_matches_original(fixture_c, case):
     g = fixture_c
-    expected = load_tensors("unet_forward/motionctrl_unet_fp32.safetensors")
+    expected = load_tensors(f"unet_forward/{case}.safetensors")
     unet = tiny_unet("motionctrl")
-    camera = SimpleNamespace(pose_features=None, epipolar_masks=None, origin_h=64,
+    camera = SimpleNamespace(pose_features=None, epipolar_masks=None, origin_h=picture_size(g)[0],
                              rt=expected["camera.RT_relative_w2c_3x4_flat"])
     with torch.no_grad():
         eps = unet(*unet_inputs(g), camera=camera)
@@ -245,7 +278,7 @@ def test_gradient_checkpointing_gives_the_same_values_and_gradients(fixture_c):
                 module.use_checkpoint = use_checkpoint
         eps = unet(*unet_inputs(g), camera=camera)
         eps.square().mean().backward()
-        block = unet.input_blocks[1][2].transformer_blocks[0]
+        block = unet.get_submodule(internals_block(g))
         results.append((eps.detach(), block.epipolar.epipolar_attn.register_tokens.grad,
                         unet.time_embed[0].weight.grad))
     for plain, checkpointed in zip(*results):
