@@ -187,3 +187,21 @@ def index_names(rel: str) -> list[str]:
         return sorted(k for k in load_json(rel) if not k.startswith("_"))
     except pytest.skip.Exception:
         return [MISSING]
+
+
+def sampling_runs_storing(key: str, variant: str | None = None) -> list[str]:
+    """Names of the sampling runs (sampling/sampling_runs.json) whose file stores tensor `key` (and, with `variant`,
+    that the generator made for that variant, `variant_of`); a run that shares another's inputs stores only its
+    steps. Missing files keep their case, so it fails (CI) or skips (locally) through `require`."""
+    from safetensors import safe_open
+
+    names = []
+    for name in index_names("sampling/sampling_runs.json"):
+        path = GOLDEN_DIR / "sampling" / f"{name}.safetensors"
+        if name == MISSING or not path.is_file():
+            names.append(name)
+            continue
+        with safe_open(str(path), "pt") as f:
+            if key in f.keys() and (variant is None or variant_of(name) == variant):
+                names.append(name)
+    return names

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from cami2v_core.checkpoint import CONFIG_METADATA_KEY, CheckpointError, save_safetensors
 from cami2v_core.configs import PRESETS
 from cami2v_core.model import SCHEDULE_BUFFERS, build_model, load_model
-from tests.golden import (GOLDEN_DIR, KEYS_DIR, MISSING, config_path, golden_state_dict, index_names, latent_factor,
-                          load_json, load_tensors, require, unet_cases, unet_inputs_case, unpack_mask, variant_of)
+from tests.golden import (GOLDEN_DIR, KEYS_DIR, config_path, golden_state_dict, latent_factor, load_json, load_tensors,
+                          require, sampling_runs_storing, unet_cases, unet_inputs_case, unpack_mask, variant_of)
 
 VARIANTS = ("cami2v", "cameractrl", "motionctrl")  # the tiny models of the golden folder (configs/<variant>_*.yaml)
 EPS_ATOL = 1e-4  # golden README §11: fp32 UNet eps
@@ -209,24 +209,7 @@ def test_dynamicrafter_has_no_camera_condition():
 SAMPLING_RUNS = "sampling/sampling_runs.json"
 
 
-def _cami2v_runs_with_conditioning() -> list[str]:
-    """The CamI2V sampling runs (the generator names each run `<variant>_...`, tests/golden.variant_of) that store
-    their conditioning (a run whose conditioning equals another's stores only its sampling steps)."""
-    from safetensors import safe_open
-
-    names = []
-    for name in index_names(SAMPLING_RUNS):
-        path = GOLDEN_DIR / "sampling" / f"{name}.safetensors"
-        if name == MISSING or not path.is_file():  # keep the case, so it fails (CI) or skips (locally) via require
-            names.append(name)
-            continue
-        with safe_open(str(path), "pt") as f:
-            if variant_of(name) == "cami2v" and "cond.embedder_in_cond_image" in f.keys():
-                names.append(name)
-    return names
-
-
-@pytest.fixture(scope="module", params=_cami2v_runs_with_conditioning())
+@pytest.fixture(scope="module", params=sampling_runs_storing("cond.embedder_in_cond_image", "cami2v"))
 def sampling_case(request):
     """(tensors, index entry) of one CamI2V sampling run."""
     return load_tensors(f"sampling/{request.param}.safetensors"), load_json(SAMPLING_RUNS)[request.param]

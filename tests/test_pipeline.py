@@ -15,8 +15,8 @@ from cami2v_core.pipeline import (LATENT_RGB_FACTORS, Draws, PipelineError, chec
                                   fit_latent_rgb, from_comfy_latent, generate, image_to_uint8,
                                   intrinsics_from_normalized, latent_preview, prepare_image, sample_latent,
                                   target_size, to_comfy_latent)
-from tests.golden import (GOLDEN_DIR, MISSING, config_path, golden_state_dict, index_names, load_json, load_tensors,
-                          require, variant_of)
+from tests.golden import (GOLDEN_DIR, config_path, golden_state_dict, index_names, load_json, load_tensors, require,
+                          sampling_runs_storing, variant_of)
 from tests.synthetic_photo import make_photo
 
 SAMPLING_RUNS = "sampling/sampling_runs.json"
@@ -24,21 +24,7 @@ SAMPLING_RUNS = "sampling/sampling_runs.json"
 # -- preprocessing (spec §6.1) ------------------------------------------------------------------------------------
 
 
-def _runs_with_inputs() -> list[str]:
-    """The sampling runs that store their own batch (`input.image_u8`); the others share one of these."""
-    names = []
-    for name in index_names(SAMPLING_RUNS):
-        path = GOLDEN_DIR / "sampling" / f"{name}.safetensors"
-        if name == MISSING or not path.is_file():  # keep the case, so it fails (CI) or skips (locally) via require
-            names.append(name)
-            continue
-        with safe_open(str(path), "pt") as f:
-            if "input.image_u8" in f.keys():
-                names.append(name)
-    return names
-
-
-@pytest.mark.parametrize("run", _runs_with_inputs())
+@pytest.mark.parametrize("run", sampling_runs_storing("input.image_u8"))
 def test_image_at_model_size_is_the_originals_batch_exactly(run):
     """Golden README §7: the batch image is (u/255 - 0.5)·2 of the picture at model size; K = demo default."""
     rec = load_tensors(f"sampling/{run}.safetensors")
