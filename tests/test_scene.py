@@ -146,10 +146,12 @@ def test_near_square_hides_the_far_plane_and_leaves_a_hole():
         height, width)).reshape(-1, 3), colors.reshape(-1, 3), preview.w2c[1:], default_intrinsics(height, width),
         height, width)[0][0]
     assert not torch.equal(plane_only[r0:r1, c0 - s_near:c0 - s_near + 2], red.expand(r1 - r0, 2, 3))
-    # Disocclusion: plane that was behind the square's right part was never seen.
-    hole = mask[r0 + 1:r1, c1 - s_near + 1:c1 - s_far]
+    # Disocclusion: plane that was behind the square's right part was never seen. The square's first and last rows
+    # are left out: plane points of the rows beside them land there or not by the last bit of the projection
+    # (the 2026-12-07 CI machine put the row below's into row r1 - 1; earlier machines did not).
+    hole = mask[r0 + 1:r1 - 1, c1 - s_near + 1:c1 - s_far]
     assert hole.numel() > 0 and not bool(hole.any())
-    assert torch.equal(frame[r0 + 1:r1, c1 - s_near + 1:c1 - s_far], torch.zeros(r1 - r0 - 1, 3, 3))
+    assert torch.equal(frame[r0 + 1:r1 - 1, c1 - s_near + 1:c1 - s_far], torch.zeros(r1 - r0 - 2, 3, 3))
     # Elsewhere the plane shifted by its own 4 pixels.
     assert torch.equal(frame[:r0 - 1, :width - s_far], colors[:r0 - 1, s_far:])
     assert torch.equal(frame[r1 + 1:, :width - s_far], colors[r1 + 1:, s_far:])
