@@ -629,9 +629,8 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                         _sync(device)
                         build = time.perf_counter() - start
                         note += f"; layout built in {build:.2f} s" if blocks is not None else "; auto runs dense"
-                    given = epi.pad_register_columns(mask.expand(batch, -1, -1), registers, device)
-                    if kernel == "flex":
-                        given = mask.expand(batch, -1, -1)  # the view flex_block_mask was built (and cached) for
+                    given = (mask.expand(batch, -1, -1) if kernel == "flex"  # the view its BlockMask was cached for
+                             else epi.pad_register_columns(mask.expand(batch, -1, -1), registers, device))
                     start = time.perf_counter()
                     first_out = module(x, given, batch)  # compiles flex on CUDA
                     _sync(device)

@@ -8,7 +8,9 @@ one sequence per video of L = t*h*w tokens in frame-major order, `b (t h w) c`.
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +166,12 @@ def flex_block_mask(mask: torch.Tensor, num_register_tokens: int, device=None):
     return block_mask
 
 
-_compiled_flex = None
+@functools.cache
+def _compiled_flex():
+    """flex_attention compiled once per process (torch.compile then keeps one graph per input shape)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
@@ -173,13 +180,8 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -
     from torch.nn.attention import flex_attention as flex
 
     if q.is_cuda:
-        global _compiled_flex
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex.flex_attention, dynamic=False)
         with torch.inference_mode(False):  # compiled kernels are traced; inference tensors still read fine
-            return _compiled_flex(q, k, v, block_mask=block_mask)
-    import warnings
-
+            return _compiled_flex()(q, k, v, block_mask=block_mask)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return flex.flex_attention(q, k, v, block_mask=block_mask)
