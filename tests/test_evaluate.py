@@ -453,3 +453,17 @@ def test_camera_guidance_reaches_camera_models_and_spares_the_no_camera_one():
     nocam.eval()
     assert np.array_equal(evaluate._generate(nocam, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=4.0),
                           evaluate._generate(nocam, clip, 2, 7.5, 0.0, 0, 2, cfg_camera=1.0))
+
+
+def test_quick_takes_one_path_per_family(tmp_path, capsys):
+    """--quick without --paths: as many paths as families, one of each (the default 11, or the ones asked for)."""
+    from cami2v_core.bundled import bundled_model_path
+
+    out = tmp_path / "eval.json"
+    code, printed = _run_main(["--synthetic", "--quick", "--families", "pan_right,dolly_in", "--steps", "1",
+                               "--samples", "1", "--no-camera", "--no-vae-row", "--ckpt", str(bundled_model_path()),
+                               "--json", str(out), "--quiet"], capsys)
+    assert code == 0, printed.err
+    benchmark = json.loads(out.read_text())["benchmark"]
+    assert benchmark["paths"] == 2 and benchmark["families"] == ["pan_right", "dolly_in"]
+    assert evaluate.QUICK["paths_per_family"] * len(evaluate.TRANSLATING_FAMILIES) == 11
