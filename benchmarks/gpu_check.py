@@ -620,7 +620,7 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                         block_mask = epi.flex_block_mask(mask.expand(batch, -1, -1), registers, device)
                         _sync(device)
                         build = time.perf_counter() - start
-                        note += (f"; BlockMask built in {build:.2f} s, {float(block_mask.sparsity()):.0f}% of "
+                        note += (f"; BlockMask built in {build:.2f} s, {flex_skipped_tiles(block_mask):.0%} of "
                                  f"{epi.FLEX_BLOCK}x{epi.FLEX_BLOCK} tiles skipped"
                                  + ("" if device.type == "cuda" else "; eager (not compiled) off CUDA"))
                     elif kernel != "dense":
@@ -628,15 +628,17 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                         blocks = epi.gathered_form(mask, frames, registers, device)
                         _sync(device)
                         build = time.perf_counter() - start
-                        note += f"; layout built in {build:.2f} s" if blocks is not None else "; auto runs dense"
-                    given = (mask.expand(batch, -1, -1) if kernel == "flex"  # the view its BlockMask was cached for
+                        runs = epi.prepare_masks({stride: mask}, frames, registers, device)[stride]["kernel"]
+                        note += f"; layout built in {build:.2f} s" if blocks is not None else f"; auto runs {runs}"
+                    flex_form = kernel == "flex" or (kernel == "auto" and epi.auto_runs_flex(tokens, device))
+                    given = (mask.expand(batch, -1, -1) if flex_form  # the view its BlockMask was cached for
                              else epi.pad_register_columns(mask.expand(batch, -1, -1), registers, device))
                     start = time.perf_counter()
                     first_out = module(x, given, batch)  # compiles flex on CUDA
                     _sync(device)
                     first = time.perf_counter() - start
                     del first_out
-                    if kernel == "flex":
+                    if flex_form:
                         note += f"; first call {first:.1f} s"
                     out, seconds = timed_median(lambda: module(x, given, batch), device, plan.repeats, plan.warmup)
                 outputs[kernel] = out
@@ -647,6 +649,18 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                             note, layout_build_s=build)
                 else:
                     rec.add(case, "ok", seconds * 1e3, "ms", None, "", note)
+
+
+def flex_skipped_tiles(block_mask) -> float:
+    """The share of a BlockMask's query x key tiles FlexAttention skips, counting the partial last tiles
+    (BlockMask.sparsity() divides by the area in whole tiles, and goes negative when a length is not a multiple)."""
+    import math
+
+    rows, cols = (math.ceil(n / b) for n, b in zip(block_mask.seq_lengths, block_mask.BLOCK_SIZE))
+    visited = block_mask.kv_num_blocks.sum()
+    if block_mask.full_kv_num_blocks is not None:
+        visited = visited + block_mask.full_kv_num_blocks.sum()
+    return 1.0 - float(visited) / (block_mask.kv_num_blocks.numel() // rows * rows * cols)
 
 
 def _math_refusal_case(rec, label, batch, heads, tokens, head_dim, device, dtype) -> None:
@@ -666,6 +680,8 @@ def _math_refusal_case(rec, label, batch, heads, tokens, head_dim, device, dtype
 
 def section_speed(plan: Plan, rec: Recorder) -> None:
     """DDIM steps of DynamiCrafter and CamI2V per size, random weights, guidance branches batched."""
+    from cami2v_core.modules import epipolar as epi
+
     from .models import build_family
     from .runner import Settings, camera_inputs, prepare_camera, random_conditioning, sampling_run
 
@@ -708,6 +724,8 @@ def section_speed(plan: Plan, rec: Recorder) -> None:
                     if on_h100 and seconds[name] >= GOAL_256_SECONDS_H100:
                         status = "over"
                 peak_note = f"peak {gib(peak):.2f} GiB" if device.type == "cuda" else "CPU"
+                if epi._flex_failure:  # "auto" fell back to dense after a failed compile: say so, and why
+                    kernels += f" (flex failed, ran dense: {epi._flex_failure[0]})"
                 rec.add(case, status, seconds[name], "s", None, goal,
                         f"{peak_note}; camera setup {setup_s:.2f} s" + (f"; {kernels}" if kernels else ""),
                         peak_bytes=peak, camera_setup_s=setup_s, epipolar_levels=info)

@@ -178,6 +178,34 @@ def test_dry_run_numbers_are_consistent(dry_run):
     assert math_row["note"].startswith("fits the free memory")
 
 
+def test_flex_rows_report_the_share_of_skipped_tiles(dry_run):
+    import re
+
+    report, _ = dry_run
+    notes = [r["note"] for r in report["rows"] if r["case"].endswith("kernel flex") and r["status"] == "ok"]
+    assert notes
+    for note in notes:
+        share = int(re.search(r"(-?\d+)% of 128x128 tiles skipped", note).group(1))
+        assert 0 <= share < 100, note
+
+
+def test_skipped_tiles_count_the_partial_last_tiles():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from benchmarks.gpu_check import flex_skipped_tiles
+
+    # 256 queries x 260 keys in 128-tiles: 2 x 3 tiles (the last column tile holds 4 keys)
+    corner = torch.zeros(256, 260, dtype=torch.bool)
+    corner[:100, :100] = True  # one tile visited of six
+    last_column = torch.zeros(256, 260, dtype=torch.bool)
+    last_column[:, 257] = True  # the two partial tiles
+    for allowed, batch, visited in ((corner, None, 1), (last_column, 2, 2),
+                                    (torch.ones(256, 260, dtype=torch.bool), None, 6)):
+        block_mask = create_block_mask(lambda b, h, q, k, allowed=allowed: allowed[q, k], batch, None, 256, 260,
+                                       device="cpu", BLOCK_SIZE=128)
+        assert flex_skipped_tiles(block_mask) == pytest.approx(1 - visited / 6)
+
+
 def test_gpu_check_sections_run_in_their_own_processes(tmp_path):
     from benchmarks import gpu_check
 

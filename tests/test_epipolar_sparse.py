@@ -9,6 +9,7 @@ share or do not share a mask.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -313,9 +314,11 @@ def test_flex_kernel_matches_dense_and_builds_its_block_mask_once(device, dtype,
         epi.set_kernel("sparse")
 
 
-def test_auto_kernel_attends_densely_off_the_cpu():
-    # The gathered kernel's cost model is a CPU's; on a GPU its per-block loop is launch-bound, so "auto" keeps
-    # the mask dense there (the bias is built once per camera path). Nothing is moved to the device to decide.
+def test_auto_kernel_attends_densely_off_the_cpu_without_triton(monkeypatch):
+    # The gathered kernel's cost model is a CPU's; on a GPU its per-block loop is launch-bound, so "auto" never
+    # gathers there, and without Triton (no compiled FlexAttention) it keeps the mask dense, the bias built once per
+    # camera path. Nothing is moved to the device to decide.
+    monkeypatch.setattr(epi, "_has_triton", lambda: False)
     large = epipolar_masks(frames=8, size=128, strides=(8,))[8]
     assert epi.gathered_form(large, 8, 4, device="cpu") is not None
     assert epi.gathered_form(large, 8, 4, device="cuda") is None
@@ -323,6 +326,75 @@ def test_auto_kernel_attends_densely_off_the_cpu():
     assert epi.pad_register_columns(large, 4, device="cuda").shape[-1] == large.shape[-1] + 4
     assert epi.compact_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8] is large
     assert not epi.auto_gathers_on("cuda:0") and epi.auto_gathers_on(torch.device("cpu"))
+    assert not epi.flex_compiles_on("cuda")
+
+
+def test_auto_kernel_runs_large_masks_through_flex_on_cuda_with_triton(monkeypatch):
+    monkeypatch.setattr(epi, "_has_triton", lambda: True)
+    monkeypatch.setattr(epi, "_flex_failure", [])
+    large = epipolar_masks(frames=8, size=128, strides=(8,))[8]  # 2048 tokens: MIN_SPARSE_TOKENS
+    small = epipolar_masks()[16]  # 64 tokens: dense, not worth a compile per shape
+    kernels = {device: [epi.prepare_masks({8: m}, frames=f, num_register_tokens=4, device=device)[8]["kernel"]
+                        for m, f in ((large, 8), (small, 4))] for device in ("cuda", "cuda:1", "cpu", "mps")}
+    assert kernels == {"cuda": ["flex", "dense"], "cuda:1": ["flex", "dense"], "cpu": ["gathered", "dense"],
+                       "mps": ["dense", "dense"]}
+    assert epi.compact_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8] is large  # stays bool
+    assert epi.prepare_masks({8: large}, frames=8, num_register_tokens=0, device="cuda")[8]["kernel"] == "dense"
+    epi._flex_failure.append("an earlier compile failed")  # then "auto" stays dense for the rest of the process
+    assert epi.prepare_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8]["kernel"] == "dense"
+    epi.set_kernel("dense")
+    assert epi.prepare_masks({8: large}, frames=8, num_register_tokens=4, device="cuda")[8]["kernel"] == "dense"
+
+
+def test_compiled_flex_matches_dense_and_a_failure_falls_back_under_auto(monkeypatch):
+    # The compiled path (CUDA's) run on this CPU through its seam: torch.compile of flex_attention under
+    # inference mode, as the sampler calls it. Then a call torch.compile refuses (recompile limit reached, set to 1
+    # here: one shape compiled) raises a clear error under "flex" and falls back to dense under "auto", once.
+    import torch._dynamo
+
+    if not epi.flex_available():
+        pytest.fail(f"torch {torch.__version__} has no FlexAttention; requirements pin a torch that has")
+    torch._dynamo.reset()
+    epi._compiled_flex.cache_clear()
+    monkeypatch.setattr(epi, "_flex_compiled", lambda device: True)
+    monkeypatch.setattr(epi, "_flex_failure", [])
+    monkeypatch.setattr(epi, "FLEX_RECOMPILE_LIMIT", 1)
+    mask = epipolar_masks()[8].expand(2, -1, -1)
+    module = epipolar_module()
+
+    def run(kernel, batch=2, cells=64):
+        epi.set_kernel(kernel)
+        with torch.inference_mode():
+            return run_module(module, mask[:batch], batch=batch, cells=cells)
+
+    dense = run("dense")
+    torch.testing.assert_close(run("flex"), dense, atol=1e-5, rtol=1e-5)  # compiled once, for batch 2
+    dense_one = run("dense", batch=1)
+    with pytest.raises(epi.FlexAttentionFailed, match="'auto' or 'dense'"):
+        run("flex", batch=1)  # a second shape: over the limit of 1
+    monkeypatch.setattr(epi, "auto_runs_flex", lambda tokens, device: not epi._flex_failure)  # "auto" on CUDA
+    with pytest.warns(RuntimeWarning, match="runs densely from now on"):
+        torch.testing.assert_close(run("auto", batch=1), dense_one, atol=0, rtol=0)  # dense, bit for bit
+    assert len(epi._flex_failure) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the next call is silently dense
+        torch.testing.assert_close(run("auto"), dense, atol=0, rtol=0)
+    torch._dynamo.reset()
+    epi._compiled_flex.cache_clear()
+
+
+def test_flex_attend_lets_out_of_memory_through(monkeypatch):
+    # Out of memory is not a reason to fall back to dense, which needs more: the error reaches the caller as it is.
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(epi, "_flex_compiled", lambda device: True)
+    monkeypatch.setattr(epi, "_compiled_flex", lambda: out_of_memory)
+    monkeypatch.setattr(epi, "_flex_failure", [])
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(torch.OutOfMemoryError):
+        epi.flex_attend(q, q, q, block_mask=None, fallback=True)
+    assert epi._flex_failure == []
 
 
 def test_layouts_are_built_once_per_mask_and_rebuilt_after_a_change():

@@ -34,12 +34,14 @@ class EpipolarMaskError(CamI2VError, ValueError):
 
 
 # How a masked epipolar attention runs: "auto" on a CPU gathers the allowed keys when the cost model (calibrated on
-# a CPU) says it is cheaper (large, sparse masks: the 256 model's 32x32 and 16x16 levels) and on any other device
-# attends densely with the bias built once per camera path (the gathered kernel's per-block Python loop launches
-# tens of thousands of small kernels per UNet call, which a GPU pays for in launch latency, not in FLOPs);
+# a CPU) says it is cheaper (large, sparse masks: the 256 model's 32x32 and 16x16 levels); on CUDA with Triton it runs
+# the large masks (MIN_SPARSE_TOKENS and up) through compiled FlexAttention, which skips the empty 128x128 tiles, and
+# the small ones densely; anywhere else, or if FlexAttention fails to compile, it attends densely with the bias built
+# once per camera path (the gathered kernel's per-block Python loop launches tens of thousands of small kernels per
+# UNet call, which a GPU pays for in launch latency, not in FLOPs);
 # "gathered" always gathers, "dense" never does (the reference path: one SDPA call over all L x (R+L) pairs),
-# "flex" runs PyTorch's FlexAttention with a BlockMask of the epipolar tiles, built once per camera path (compiled
-# on CUDA, where it skips the empty 128x128 tiles; eager elsewhere, which forms the full scores: for checking only).
+# "flex" runs PyTorch's FlexAttention with a BlockMask of the epipolar tiles, built once per camera path, on every
+# masked level (compiled on CUDA; eager elsewhere, which forms the full scores: for checking only) and fails loudly.
 # All give the same result up to float round-off. (Keep "dense" last: benchmarks run KERNELS reversed, the
 # reference first.)
 KERNELS = ("auto", "gathered", "flex", "dense")
@@ -133,6 +135,49 @@ def auto_gathers_on(device) -> bool:
     return torch.device(device).type == "cpu"
 
 
+class FlexAttentionFailed(CamI2VError, RuntimeError):
+    """FlexAttention could not compile or run here; the message says which kernel to use instead."""
+
+
+# Distinct (batch, heads, tokens, head width, dtype) calls compiled per process before a new one is refused, instead
+# of torch.compile's default of 8 after which it silently runs flex_attention eagerly (which forms every score: tens
+# of GB at the 32x32 level). A 256 and a 512 model with 1-3 guidance branches need about a dozen.
+FLEX_RECOMPILE_LIMIT = 64
+_flex_failure: list = []  # the first failure of a compiled FlexAttention call in this process ("auto" then stays dense)
+
+
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    try:
+        return bool(has_triton())
+    except Exception:  # a broken Triton install: the same as none
+        return False
+
+
+def flex_compiles_on(device) -> bool:
+    """Whether FlexAttention runs compiled on `device`: CUDA with Triton. Only compiled does it skip the empty tiles;
+    eager it forms every score, as dense does."""
+    return torch.device(device).type == "cuda" and flex_available() and _has_triton()
+
+
+def auto_runs_flex(tokens: int, device) -> bool:
+    """Whether "auto" runs a mask of `tokens` queries through FlexAttention on `device`: a large mask (a small one
+    gains nothing from skipped tiles and would cost a compile per shape) where FlexAttention compiles, unless it
+    has failed in this process."""
+    return tokens >= MIN_SPARSE_TOKENS and not _flex_failure and flex_compiles_on(device)
+
+
+def _uses_flex(mask, num_register_tokens: int, device) -> bool:
+    """Whether a bool mask takes FlexAttention on `device` under the kernel in force ("flex" always; "auto" for a
+    large mask where it compiles; registers are needed, as for gathering: without them a row can have no key)."""
+    kernel = get_kernel()
+    return kernel == "flex" or (kernel == "auto" and num_register_tokens > 0
+                                and auto_runs_flex(int(mask.shape[-2]), device))
+
+
 FLEX_BLOCK = 128  # FlexAttention's tile (queries x keys) that a BlockMask marks empty, partial or full
 
 
@@ -174,17 +219,43 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
+def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, fallback: bool = False):
     """FlexAttention of q [B, h, L, d] over k, v [B, h, R+L, d] with a BlockMask from `flex_block_mask`: compiled on
-    CUDA (one graph per shape; the empty tiles are skipped), eager elsewhere (exact, but it forms the scores)."""
+    CUDA with Triton (one graph per shape; the empty tiles are skipped), eager elsewhere (exact, but it forms the
+    scores). A compiled call that fails raises FlexAttentionFailed, or with `fallback` (the "auto" kernel) warns once,
+    returns None and keeps "auto" dense for the rest of the process. Running out of memory is never a fallback."""
     from torch.nn.attention import flex_attention as flex
 
-    if q.is_cuda:
-        with torch.inference_mode(False):  # compiled kernels are traced; inference tensors still read fine
-            return _compiled_flex()(q, k, v, block_mask=block_mask)
+    if _flex_compiled(q.device):
+        import torch._dynamo
+
+        try:
+            with torch.inference_mode(False), torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT,
+                                                                         fail_on_recompile_limit_hit=True):
+                return _compiled_flex()(q, k, v, block_mask=block_mask)  # traced: inference tensors read fine
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # Triton / inductor errors have no common base class
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            if not fallback:
+                raise FlexAttentionFailed(
+                    f"FlexAttention failed on {q.device} for a [{', '.join(map(str, q.shape))}] {q.dtype} query "
+                    f"({reason}): use the epipolar kernel 'auto' or 'dense' (CAMI2V_EPIPOLAR_KERNEL=dense, or "
+                    "--kernel dense)") from error
+            if not _flex_failure:
+                _flex_failure.append(reason)
+                warnings.warn(f"CamI2V: FlexAttention failed on {q.device} ({reason}); the epipolar attention runs "
+                              "densely from now on in this process (CAMI2V_EPIPOLAR_KERNEL=dense skips the attempt)",
+                              RuntimeWarning, stacklevel=2)
+            return None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return flex.flex_attention(q, k, v, block_mask=block_mask)
+
+
+def _flex_compiled(device) -> bool:
+    """Whether flex_attend compiles on `device` (a seam: tests run the compiled path on a CPU through it)."""
+    return flex_compiles_on(device)
 
 
 def _may_gather(mask, device=None) -> bool:
@@ -231,7 +302,9 @@ def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
                                  "layout": sorted(set(mask.kinds)), "relative_cost": mask.relative_cost}
             continue
         blocks = gathered_form(mask, frames, num_register_tokens, device)
-        entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else "dense"}
+        flex = blocks is None and _uses_flex(mask, num_register_tokens, device if device is not None else mask.device)
+        entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else
+                 "flex" if flex else "dense"}
         probe = blocks if blocks is not None else (
             cached_block_mask(mask, frames, num_register_tokens, device) if _may_gather(mask, device) else None)
         if probe is not None:
@@ -324,9 +397,11 @@ class RegisterTokenAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
         k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
         v = split_heads(self.to_v(context), self.heads)
-        if mask is not None and mask.dtype == torch.bool and get_kernel() == "flex":
-            out = flex_attend(q, k, v, flex_block_mask(mask, self.num_register_tokens, q.device))
-            return self.to_out(merge_heads(out))
+        if mask is not None and mask.dtype == torch.bool and _uses_flex(mask, self.num_register_tokens, q.device):
+            out = flex_attend(q, k, v, flex_block_mask(mask, self.num_register_tokens, q.device),
+                              fallback=get_kernel() == "auto")
+            if out is not None:
+                return self.to_out(merge_heads(out))
         if mask is not None and mask.dtype == torch.bool:
             # padded (and off the CPU biased) once per mask, then a view per call
             mask = dense_attention_mask(mask, self.num_register_tokens, q.dtype, q.device)
@@ -457,5 +532,6 @@ class EpipolarAttention(nn.Module):
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
            "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "auto_gathers_on", "flex_available",
+           "flex_compiles_on", "auto_runs_flex", "FlexAttentionFailed", "FLEX_RECOMPILE_LIMIT",
            "flex_block_mask", "flex_attend", "gathered_form", "prepare_masks",
            "compact_masks"]
