@@ -630,7 +630,7 @@ def section_epipolar(plan: Plan, rec: Recorder) -> None:
                         build = time.perf_counter() - start
                         runs = epi.prepare_masks({stride: mask}, frames, registers, device)[stride]["kernel"]
                         note += f"; layout built in {build:.2f} s" if blocks is not None else f"; auto runs {runs}"
-                    flex_form = kernel == "flex" or (kernel == "auto" and epi.auto_runs_flex(tokens, device))
+                    flex_form = epi.takes_flex(mask, registers, device)  # under the kernel in force
                     given = (mask.expand(batch, -1, -1) if flex_form  # the view its BlockMask was cached for
                              else epi.pad_register_columns(mask.expand(batch, -1, -1), registers, device))
                     start = time.perf_counter()
@@ -724,8 +724,8 @@ def section_speed(plan: Plan, rec: Recorder) -> None:
                     if on_h100 and seconds[name] >= GOAL_256_SECONDS_H100:
                         status = "over"
                 peak_note = f"peak {gib(peak):.2f} GiB" if device.type == "cuda" else "CPU"
-                if epi._flex_failure:  # "auto" fell back to dense after a failed compile: say so, and why
-                    kernels += f" (flex failed, ran dense: {epi._flex_failure[0]})"
+                if epi.flex_failure():  # "auto" fell back to dense after a failed compile: say so, and why
+                    kernels += f" (flex failed, ran dense: {epi.flex_failure()})"
                 rec.add(case, status, seconds[name], "s", None, goal,
                         f"{peak_note}; camera setup {setup_s:.2f} s" + (f"; {kernels}" if kernels else ""),
                         peak_bytes=peak, camera_setup_s=setup_s, epipolar_levels=info)

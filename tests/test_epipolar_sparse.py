@@ -347,16 +347,17 @@ def test_auto_kernel_runs_large_masks_through_flex_on_cuda_with_triton(monkeypat
 
 
 def test_compiled_flex_matches_dense_and_a_failure_falls_back_under_auto(monkeypatch, device, dtype, tolerance):
-    # The compiled path, on the suite's device (--device cuda on a GPU; a CPU compiles it too, with inductor's C++); torch.compile of flex_attention under inference mode, as the sampler calls it. Then a call that
-    # torch.compile refuses (its recompile limit reached, set to 1 here: one shape compiled) raises a clear error
-    # under "flex" and falls back to dense under "auto", warning once.
+    # The compiled path, on the suite's device (--device cuda on a GPU; a CPU compiles it too, with inductor's C++);
+    # torch.compile of flex_attention under inference mode, as the sampler calls it. Then a call that torch.compile
+    # refuses (its recompile limit reached, set to 1 here: one shape compiled) raises a clear error under "flex" and
+    # falls back to dense under "auto", warning once.
     import torch._dynamo
 
     if not epi.flex_available():
         pytest.fail(f"torch {torch.__version__} has no FlexAttention; requirements pin a torch that has")
     torch._dynamo.reset()
     epi._compiled_flex.cache_clear()
-    monkeypatch.setattr(epi, "_flex_compiled", lambda on: True)  # what flex_compiles_on says on CUDA with Triton
+    monkeypatch.setattr(epi, "flex_compiles_on", lambda on: True)  # what it says on CUDA with Triton
     monkeypatch.setattr(epi, "_flex_failure", [])
     monkeypatch.setattr(epi, "FLEX_RECOMPILE_LIMIT", 1)
     mask = epipolar_masks()[8].expand(2, -1, -1)
@@ -377,7 +378,7 @@ def test_compiled_flex_matches_dense_and_a_failure_falls_back_under_auto(monkeyp
     monkeypatch.setattr(epi, "auto_runs_flex", lambda tokens, on: not epi._flex_failure)  # "auto" where it compiles
     with pytest.warns(RuntimeWarning, match="runs densely from now on"):
         torch.testing.assert_close(run("auto", batch=1), dense_one, atol=0, rtol=0)  # dense, bit for bit
-    assert len(epi._flex_failure) == 1
+    assert len(epi._flex_failure) == 1 and "FailOnRecompileLimitHit" in epi.flex_failure()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: the next call is silently dense
         torch.testing.assert_close(run("auto"), dense, atol=0, rtol=0)
@@ -390,13 +391,13 @@ def test_flex_attend_lets_out_of_memory_through(monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(epi, "_flex_compiled", lambda device: True)
+    monkeypatch.setattr(epi, "flex_compiles_on", lambda device: True)
     monkeypatch.setattr(epi, "_compiled_flex", lambda: out_of_memory)
     monkeypatch.setattr(epi, "_flex_failure", [])
     q = torch.randn(1, 2, 8, 4)
     with pytest.raises(torch.OutOfMemoryError):
         epi.flex_attend(q, q, q, block_mask=None, fallback=True)
-    assert epi._flex_failure == []
+    assert epi._flex_failure == [] and epi.flex_failure() is None
 
 
 def test_layouts_are_built_once_per_mask_and_rebuilt_after_a_change():

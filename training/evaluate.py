@@ -602,7 +602,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", required=True,
                    help="run the synthetic benchmark (required; the only benchmark so far)")
     p.add_argument("--quick", action="store_true",
-                   help=f"about 3 minutes on 2 CPU cores: {QUICK['paths_per_family']} path per family, {QUICK['steps']} DDIM steps, "
+                   help=f"about 3 minutes on 2 CPU cores: {QUICK['paths_per_family']} path per family, "
+                        f"{QUICK['steps']} DDIM steps, "
                         f"{QUICK['samples']} sampling seeds per path, {QUICK['trials']} reconstruction trial "
                         f"(default: {FULL['paths_per_family']} paths per family, {FULL['steps']} steps, "
                         f"{FULL['samples']} seed, {FULL['trials']} trials)")

@@ -170,7 +170,12 @@ def auto_runs_flex(tokens: int, device) -> bool:
     return tokens >= MIN_SPARSE_TOKENS and not _flex_failure and flex_compiles_on(device)
 
 
-def _uses_flex(mask, num_register_tokens: int, device) -> bool:
+def flex_failure() -> str | None:
+    """Why a compiled FlexAttention call failed in this process ("auto" has been dense since), or None."""
+    return _flex_failure[0] if _flex_failure else None
+
+
+def takes_flex(mask, num_register_tokens: int, device) -> bool:
     """Whether a bool mask takes FlexAttention on `device` under the kernel in force ("flex" always; "auto" for a
     large mask where it compiles; registers are needed, as for gathering: without them a row can have no key)."""
     kernel = get_kernel()
@@ -226,7 +231,7 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, f
     returns None and keeps "auto" dense for the rest of the process. Running out of memory is never a fallback."""
     from torch.nn.attention import flex_attention as flex
 
-    if _flex_compiled(q.device):
+    if flex_compiles_on(q.device):
         import torch._dynamo
 
         try:
@@ -251,11 +256,6 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, f
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         return flex.flex_attention(q, k, v, block_mask=block_mask)
-
-
-def _flex_compiled(device) -> bool:
-    """Whether flex_attend compiles on `device` (a seam: tests run the compiled path on a CPU through it)."""
-    return flex_compiles_on(device)
 
 
 def _may_gather(mask, device=None) -> bool:
@@ -302,7 +302,7 @@ def prepare_masks(masks: dict | None, frames: int, num_register_tokens: int, dev
                                  "layout": sorted(set(mask.kinds)), "relative_cost": mask.relative_cost}
             continue
         blocks = gathered_form(mask, frames, num_register_tokens, device)
-        flex = blocks is None and _uses_flex(mask, num_register_tokens, device if device is not None else mask.device)
+        flex = blocks is None and takes_flex(mask, num_register_tokens, device if device is not None else mask.device)
         entry = {"tokens": int(mask.shape[-2]), "kernel": "gathered" if blocks is not None else
                  "flex" if flex else "dense"}
         probe = blocks if blocks is not None else (
@@ -397,7 +397,7 @@ class RegisterTokenAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)  # [B, h, L, d]
         k = split_heads(self.to_k(context), self.heads)  # [B, h, R+L, d]
         v = split_heads(self.to_v(context), self.heads)
-        if mask is not None and mask.dtype == torch.bool and _uses_flex(mask, self.num_register_tokens, q.device):
+        if mask is not None and mask.dtype == torch.bool and takes_flex(mask, self.num_register_tokens, q.device):
             out = flex_attend(q, k, v, flex_block_mask(mask, self.num_register_tokens, q.device),
                               fallback=get_kernel() == "auto")
             if out is not None:
@@ -532,6 +532,5 @@ class EpipolarAttention(nn.Module):
 
 __all__ = ["EpipolarAttention", "RegisterTokenAttention", "dense_attention_mask", "lookup_mask", "pad_register_columns",
            "EpipolarMaskError", "KERNELS", "set_kernel", "get_kernel", "auto_gathers_on", "flex_available",
-           "flex_compiles_on", "auto_runs_flex", "FlexAttentionFailed", "FLEX_RECOMPILE_LIMIT",
-           "flex_block_mask", "flex_attend", "gathered_form", "prepare_masks",
-           "compact_masks"]
+           "flex_compiles_on", "auto_runs_flex", "takes_flex", "flex_failure", "FlexAttentionFailed",
+           "FLEX_RECOMPILE_LIMIT", "flex_block_mask", "flex_attend", "gathered_form", "prepare_masks", "compact_masks"]
